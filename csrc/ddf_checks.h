@@ -1,0 +1,66 @@
+// Argument checks and output shapes of the ddf ops, shared by the meta, CPU and CUDA kernels
+// so that every device gives the same error for the same mistake.
+//
+// The checks work on SymInts: on real tensors they are plain comparisons; under fake tensors
+// with dynamic shapes they become guards or runtime asserts instead of specializing sizes.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/SymInt.h>
+#include <c10/util/string_view.h>
+
+#include <array>
+
+#include "ddf_geometry.h"
+
+namespace ddf {
+
+// The sizes of one call, read off the (checked) arguments.
+struct SymSizes {
+  c10::SymInt B, C, H, W, k, G, Ho, Wo;
+};
+
+// Checks input, channel_filter, spatial_filter, stride, dilation and combine; throws a
+// c10::Error (ValueError/TypeError in Python) naming the argument, the expected and the
+// actual value. Returns the sizes of the call.
+SymSizes check_ddf_args(
+    const at::Tensor& input,
+    const at::Tensor& channel_filter,
+    const at::Tensor& spatial_filter,
+    int64_t stride,
+    int64_t dilation,
+    c10::string_view combine);
+
+// check_ddf_args, plus grad_output of shape (B, C, Ho, Wo) with the same dtype and device.
+SymSizes check_ddf_backward_args(
+    const at::Tensor& grad_output,
+    const at::Tensor& input,
+    const at::Tensor& channel_filter,
+    const at::Tensor& spatial_filter,
+    int64_t stride,
+    int64_t dilation,
+    c10::string_view combine);
+
+// "mul" or "add" (already checked by check_ddf_args).
+Combine parse_combine(c10::string_view combine);
+
+// Concrete sizes for the device kernels (real tensors only).
+Geometry concrete_geometry(const SymSizes& sizes, int64_t stride, int64_t dilation);
+
+Strides4 strides_of(const at::Tensor& t);
+
+// Layout of a result that has the shape of `like`: channels_last if `like` is
+// channels_last (as convolutions do), contiguous otherwise. Meta and device kernels both
+// allocate through these helpers, so fake tensors get the same strides as real ones.
+at::Tensor empty_like_layout(c10::SymIntArrayRef sizes, const at::Tensor& like);
+at::Tensor ddf_empty_output(const SymSizes& s, const at::Tensor& input);
+
+// The three gradients of ddf_backward; an entry is undefined where output_mask is false.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ddf_empty_grads(
+    const SymSizes& s,
+    const at::Tensor& input,
+    const at::Tensor& channel_filter,
+    const at::Tensor& spatial_filter,
+    std::array<bool, 3> output_mask);
+
+}  // namespace ddf

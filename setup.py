@@ -1,0 +1,55 @@
+"""Builds ddf_ops/_C (the compiled library that *is* the ddf op) with torch.utils.cpp_extension.
+
+    pip install --no-build-isolation .          # against the torch already installed
+    python setup.py build_ext --inplace          # for development (what `make build` runs)
+
+CUDA kernels are built when torch is a CUDA build and a CUDA toolkit is found, or when
+DDF_CUDA=1 forces them; DDF_CUDA=0 builds a CPU-only library. TORCH_CUDA_ARCH_LIST picks
+the GPU architectures (default below). The library holds no Python module: it registers the
+ops when loaded with torch.ops.load_library, which `import ddf_ops` does.
+"""
+
+import glob
+import os
+
+import torch
+from setuptools import find_packages, setup
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_CUDA_ARCHS = "8.0;8.6;8.9;9.0+PTX"
+
+
+def build_with_cuda() -> bool:
+    flag = os.environ.get("DDF_CUDA", "auto")
+    if flag not in ("auto", "0", "1"):
+        raise ValueError(f"DDF_CUDA must be auto, 0 or 1, got {flag!r}")
+    if flag != "auto":
+        return flag == "1"
+    return torch.version.cuda is not None and CUDA_HOME is not None
+
+
+def sources(pattern: str) -> list:
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern), recursive=True))
+
+
+def extension():
+    cpp = sources("csrc/**/*.cpp") + sources("meta/*.cpp")
+    cxx_flags = ["-O3", "-fvisibility=hidden"]
+    if not build_with_cuda():
+        return CppExtension("ddf_ops._C", cpp, extra_compile_args={"cxx": cxx_flags}, py_limited_api=True)
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
+    return CUDAExtension(
+        "ddf_ops._C",
+        cpp + sources("csrc/cuda/*.cu"),
+        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
+        py_limited_api=True,
+    )
+
+
+setup(
+    packages=find_packages(include=["ddf_ops", "ddf_ops.*"]),
+    ext_modules=[extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    options={"bdist_wheel": {"py_limited_api": "cp39"}},
+)
