@@ -1,0 +1,65 @@
+# make test   - on a fresh machine: .venv, torch==2.14.1 + test deps, build (CUDA kernels
+#               too when nvcc and a CUDA torch are there), the CMake/libtorch build and its
+#               C++ test, then pytest.
+# make demo   - the same set-up, then `python -m ddf_ops`.
+# make gpu-check - on a GPU machine with torch installed (no internet): build, CUDA tests,
+#               GPU benchmark, all into gpu-check.log.
+# make bench  - the CPU benchmark (benchmarks/bench_cpu.py).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION := 2.14.1
+TEST_DEPS := ninja pytest expecttest hypothesis
+PYTEST_ARGS ?=
+export MAX_JOBS ?= 2
+
+# The nvcc on PATH may be a wrapper outside the toolkit; point torch at the real toolkit.
+ifeq ($(CUDA_HOME),)
+ifneq ($(wildcard /usr/local/cuda/bin/nvcc),)
+export CUDA_HOME := /usr/local/cuda
+endif
+endif
+
+CMAKE_BUILD_DIR := build/cmake
+
+.PHONY: test demo build cmake-test bench gpu-check clean
+
+$(VENV)/.installed:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==$(TORCH_VERSION) $(TEST_DEPS)
+	touch $@
+
+build: $(VENV)/.installed
+	$(PY) setup.py --quiet build_ext --inplace
+
+cmake-test: $(VENV)/.installed
+	cmake -S . -B $(CMAKE_BUILD_DIR) -G Ninja -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')"
+	cmake --build $(CMAKE_BUILD_DIR) -j $(MAX_JOBS)
+	ctest --test-dir $(CMAKE_BUILD_DIR) --output-on-failure
+
+test: build cmake-test
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+demo: build
+	$(PY) -m ddf_ops $(DEMO_ARGS)
+
+bench: build
+	$(PY) benchmarks/bench_cpu.py
+
+# For a GPU machine that already has torch (and no internet): no venv, no downloads.
+GPU_PYTHON ?= python3
+gpu-check:
+	set -o pipefail; { \
+	  echo "== gpu-check $$(date -u +%Y-%m-%dT%H:%MZ)"; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; \
+	  $(GPU_PYTHON) -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name())'; \
+	  $(GPU_PYTHON) setup.py --quiet build_ext --inplace && \
+	  $(GPU_PYTHON) -m pytest tests -m cuda -rs -q $(PYTEST_ARGS) ; tests=$$?; \
+	  $(GPU_PYTHON) benchmarks/bench_gpu.py; bench=$$?; \
+	  echo "== gpu-check: cuda tests exit $$tests, benchmark exit $$bench"; test $$tests -eq 0 -a $$bench -eq 0; \
+	} 2>&1 | tee gpu-check.log
+
+clean:
+	rm -rf build ddf_ops/_C*.so *.egg-info

@@ -1,0 +1,88 @@
+// One element of each result of ddf and ddf_backward, computed from strided pointers.
+//
+// The CUDA kernels are these functions run by one thread per element; the C++ test
+// (tests/cpp/test_elementwise.cpp) runs the very same functions on the host and compares
+// them with the CPU kernels, so machines without a GPU still test the CUDA kernels' math.
+// Sums run in a fixed order (deterministic), accumulating in acc_t.
+#pragma once
+
+#include "ddf_geometry.h"
+
+namespace ddf {
+
+// out[b, c, y, xo] = sum_{i,j} X[b, c, iy, ix] * F(cf[b,c,i,j], sf[b, head(c)*kk + ij, y, xo]).
+template <Combine M, typename acc_t, typename scalar_t>
+DDF_HOST_DEVICE acc_t forward_element(
+    const scalar_t* x, const Strides4& xs,
+    const scalar_t* cf, const Strides4& cs,
+    const scalar_t* sf, const Strides4& ss,
+    const Geometry& g, int64_t b, int64_t c, int64_t y, int64_t xo) {
+  acc_t acc = 0;
+  for (int64_t i = 0; i < g.k; ++i) {
+    const int64_t iy = g.input_coord(y, i);
+    if (iy < 0 || iy >= g.H) continue;
+    for (int64_t j = 0; j < g.k; ++j) {
+      const int64_t ix = g.input_coord(xo, j);
+      if (ix < 0 || ix >= g.W) continue;
+      const acc_t f = combine_filters<M>(
+          static_cast<acc_t>(cf[cs.offset(b, c, i, j)]), static_cast<acc_t>(sf[ss.offset(b, g.sf_channel(c, i, j), y, xo)]));
+      acc += static_cast<acc_t>(x[xs.offset(b, c, iy, ix)]) * f;
+    }
+  }
+  return acc;
+}
+
+// grad_input[b, c, iy, ix]: the transposed filter, gathered over the output pixels whose
+// taps read input pixel (iy, ix).
+template <Combine M, typename acc_t, typename scalar_t>
+DDF_HOST_DEVICE acc_t grad_input_element(
+    const scalar_t* go, const Strides4& gos,
+    const scalar_t* cf, const Strides4& cs,
+    const scalar_t* sf, const Strides4& ss,
+    const Geometry& g, int64_t b, int64_t c, int64_t iy, int64_t ix) {
+  acc_t acc = 0;
+  for (int64_t i = 0; i < g.k; ++i) {
+    const int64_t y = g.output_coord(iy, i, g.Ho);
+    if (y < 0) continue;
+    for (int64_t j = 0; j < g.k; ++j) {
+      const int64_t xo = g.output_coord(ix, j, g.Wo);
+      if (xo < 0) continue;
+      const acc_t f = combine_filters<M>(
+          static_cast<acc_t>(cf[cs.offset(b, c, i, j)]), static_cast<acc_t>(sf[ss.offset(b, g.sf_channel(c, i, j), y, xo)]));
+      acc += static_cast<acc_t>(go[gos.offset(b, c, y, xo)]) * f;
+    }
+  }
+  return acc;
+}
+
+// grad_spatial_filter[b, h*kk + i*k + j, y, xo]: a sum over the channels of head h.
+template <Combine M, typename acc_t, typename scalar_t>
+DDF_HOST_DEVICE acc_t grad_spatial_element(
+    const scalar_t* go, const Strides4& gos,
+    const scalar_t* x, const Strides4& xs,
+    const scalar_t* cf, const Strides4& cs,
+    const Geometry& g, int64_t b, int64_t h, int64_t i, int64_t j, int64_t y, int64_t xo) {
+  const int64_t iy = g.input_coord(y, i), ix = g.input_coord(xo, j), cph = g.channels_per_head();
+  acc_t acc = 0;
+  if (iy < 0 || iy >= g.H || ix < 0 || ix >= g.W) return acc;
+  for (int64_t c = h * cph; c < (h + 1) * cph; ++c) {
+    acc += static_cast<acc_t>(go[gos.offset(b, c, y, xo)]) * static_cast<acc_t>(x[xs.offset(b, c, iy, ix)]) *
+        dcombine_db<M>(static_cast<acc_t>(cf[cs.offset(b, c, i, j)]));
+  }
+  return acc;
+}
+
+// One output pixel's term of grad_channel_filter[b, c, i, j] (which sums it over all pixels).
+template <Combine M, typename acc_t, typename scalar_t>
+DDF_HOST_DEVICE acc_t grad_channel_term(
+    const scalar_t* go, const Strides4& gos,
+    const scalar_t* x, const Strides4& xs,
+    const scalar_t* sf, const Strides4& ss,
+    const Geometry& g, int64_t b, int64_t c, int64_t i, int64_t j, int64_t y, int64_t xo) {
+  const int64_t iy = g.input_coord(y, i), ix = g.input_coord(xo, j);
+  if (iy < 0 || iy >= g.H || ix < 0 || ix >= g.W) return acc_t(0);
+  return static_cast<acc_t>(go[gos.offset(b, c, y, xo)]) * static_cast<acc_t>(x[xs.offset(b, c, iy, ix)]) *
+      dcombine_da<M>(static_cast<acc_t>(sf[ss.offset(b, g.sf_channel(c, i, j), y, xo)]));
+}
+
+}  // namespace ddf

@@ -1,0 +1,90 @@
+"""Shared fixtures and input builders for the ddf op tests."""
+
+import pytest
+import torch
+
+import ddf_ops  # noqa: F401  (loads the library)
+
+CUDA_AVAILABLE = torch.cuda.is_available()
+# CUDA tests carry the `cuda` marker (`make gpu-check` runs `pytest -m cuda`) and skip,
+# visibly, where there is no GPU.
+CUDA_MARKS = [pytest.mark.cuda, pytest.mark.skipif(not CUDA_AVAILABLE, reason="no CUDA device: CUDA test skipped")]
+
+
+def requires_cuda(test):
+    for mark in CUDA_MARKS:
+        test = mark(test)
+    return test
+
+
+# Every device-parametrized test runs on the CPU and, where there is a GPU, on CUDA.
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA_MARKS)]
+
+# Tolerances against the float64 reference. The half types round inputs and output once
+# (accumulation is float32), so their bound is a few ulps of the output.
+TOLERANCES = {
+    torch.float64: dict(rtol=1e-10, atol=1e-10),
+    torch.float32: dict(rtol=1e-5, atol=1e-5),
+    torch.float16: dict(rtol=4e-3, atol=4e-3),
+    torch.bfloat16: dict(rtol=2e-2, atol=2e-2),
+}
+
+
+def out_size(n: int, stride: int) -> int:
+    return (n - 1) // stride + 1 if n > 0 else 0
+
+
+def make_inputs(
+    B=2,
+    C=4,
+    H=7,
+    W=9,
+    k=3,
+    G=1,
+    stride=1,
+    dtype=torch.float64,
+    device="cpu",
+    layout="contiguous",
+    requires_grad=False,
+    seed=0,
+):
+    """Random (never zero) input, channel_filter, spatial_filter in the given layout.
+
+    layout: "contiguous"; "channels_last" (all three tensors); "sliced" (every tensor a
+    non-contiguous view into a bigger one); "expanded" (channel_filter and spatial_filter
+    expanded over the batch with stride 0).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    Ho, Wo = out_size(H, stride), out_size(W, stride)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)
+
+    if layout == "contiguous":
+        x, cf, sf = rand(B, C, H, W), rand(B, C, k, k), rand(B, G * k * k, Ho, Wo)
+    elif layout == "channels_last":
+        x, cf, sf = (
+            t.contiguous(memory_format=torch.channels_last)
+            for t in (rand(B, C, H, W), rand(B, C, k, k), rand(B, G * k * k, Ho, Wo))
+        )
+    elif layout == "sliced":
+        x = rand(B + 1, C * 2, H + 3, W * 2 + 1)[1:, ::2, 2:-1, 1::2]
+        cf = rand(B, C, k, k + 2)[..., 1:-1]
+        sf = rand(B, G * k * k + 3, Ho + 1, Wo)[:, 3:, :-1].transpose(2, 3).contiguous().transpose(2, 3)
+    elif layout == "expanded":
+        x = rand(B, C, H, W)
+        cf = rand(1, C, k, k).expand(B, C, k, k)
+        sf = rand(1, G * k * k, Ho, Wo).expand(B, G * k * k, Ho, Wo)
+    else:
+        raise ValueError(layout)
+    if requires_grad:
+        # Leaves that keep the layout: gradients are compared on these.
+        x, cf, sf = (t.detach().requires_grad_() for t in (x, cf, sf))
+    return x, cf, sf
+
+
+def reference_grads(x, cf, sf, go, stride, dilation, combine):
+    """Gradients of <reference(x, cf, sf), go> computed in float64."""
+    leaves = [t.detach().double().requires_grad_() for t in (x, cf, sf)]
+    out = ddf_ops.reference.ddf(*leaves, stride, dilation, combine)
+    return torch.autograd.grad(out, leaves, go.double())

@@ -1,0 +1,55 @@
+"""torch.compile(fullgraph=True, dynamic=True): forward and backward, no recompiles."""
+
+import pytest
+import torch
+import torch._dynamo
+
+import ddf_ops
+from conftest import DEVICES, make_inputs, reference_grads
+
+# Sizes chosen so that no two dimensions coincide (duck sizing would otherwise tie them).
+SIZES = [(2, 11, 13), (3, 17, 14), (5, 23, 19)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("combine", ["mul", "add"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_compile_dynamic_no_recompile(stride, combine, device):
+    torch._dynamo.reset()
+
+    def step(x, cf, sf):
+        return ddf_ops.ddf(x, cf, sf, stride, 2, combine).tanh()
+
+    compiled = torch.compile(step, fullgraph=True, dynamic=True)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for B, H, W in SIZES:
+            x, cf, sf = make_inputs(B, 8, H, W, 3, 2, stride, torch.float32, device, requires_grad=True, seed=H)
+            out = compiled(x, cf, sf)
+            torch.testing.assert_close(out, step(x, cf, sf))
+            go = torch.randn_like(out)
+            got = torch.autograd.grad(out, (x, cf, sf), go)
+            leaves = [t.detach().double().requires_grad_() for t in (x, cf, sf)]
+            ref_out = ddf_ops.reference.ddf(*leaves, stride, 2, combine).tanh()
+            expected = torch.autograd.grad(ref_out, leaves, go.double())
+            for a, b in zip(got, expected):
+                torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compile_channels_last_and_partial_grads(device):
+    torch._dynamo.reset()
+    x, cf, sf = make_inputs(2, 4, 9, 8, 3, 1, 1, torch.float32, device, "channels_last")
+    x.requires_grad_()
+    compiled = torch.compile(lambda a, b, c: ddf_ops.ddf(a, b, c).sum(), fullgraph=True)
+    compiled(x, cf, sf).backward()
+    expected = reference_grads(x, cf, sf, torch.ones(2, 4, 9, 8, device=device), 1, 1, "mul")[0]
+    torch.testing.assert_close(x.grad.double(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_compile_under_cpu_autocast():
+    torch._dynamo.reset()
+    x, cf, sf = make_inputs(2, 4, 9, 8, 3, 1, 1, torch.float32)
+    compiled = torch.compile(lambda a, b, c: ddf_ops.ddf(a, b, c), fullgraph=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = compiled(x, cf, sf)
+    assert out.dtype == torch.bfloat16

@@ -1,0 +1,88 @@
+"""CUDA-only behaviour: agreement with the CPU kernels, streams, devices, CUDA graphs and
+deterministic backward. The device-parametrized suites (forward, backward, opcheck,
+compile, export, bad inputs) run on CUDA as well. Without a GPU all of these skip."""
+
+import itertools
+
+import pytest
+import torch
+
+import ddf_ops
+from conftest import make_inputs, requires_cuda
+
+pytestmark = requires_cuda
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced", "expanded"])
+def test_cpu_cuda_agreement(dtype, layout):
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}[dtype]
+    for k, stride, dilation, G, combine in itertools.product([1, 3, 5], [1, 2], [1, 2], [1, 4], ["mul", "add"]):
+        x, cf, sf = make_inputs(2, 8, 13, 11, k, G, stride, dtype, "cpu", layout, requires_grad=True)
+        go = torch.randn(2, 8, sf.shape[2], sf.shape[3]).to(dtype)
+        out = ddf_ops.ddf(x, cf, sf, stride, dilation, combine)
+        grads = torch.autograd.grad(out, (x, cf, sf), go)
+        xc, cfc, sfc = (t.detach().cuda().requires_grad_() for t in (x, cf, sf))
+        out_c = ddf_ops.ddf(xc, cfc, sfc, stride, dilation, combine)
+        grads_c = torch.autograd.grad(out_c, (xc, cfc, sfc), go.cuda())
+        for a, b in zip((out, *grads), (out_c, *grads_c)):
+            torch.testing.assert_close(b.cpu().double(), a.double(), rtol=tol, atol=tol * max(1.0, a.abs().max().item()))
+
+
+def test_runs_on_current_stream():
+    x, cf, sf = make_inputs(4, 16, 64, 64, 3, 2, 1, torch.float32, "cuda")
+    expected = ddf_ops.ddf(x, cf, sf)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        out = ddf_ops.ddf(x, cf, sf)
+        out.add_(0)  # ordered after the kernel on the same stream
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_second_device():
+    x, cf, sf = make_inputs(2, 4, 9, 8, 3, 1, 1, torch.float32, "cuda:1", requires_grad=True)
+    out = ddf_ops.ddf(x, cf, sf)
+    assert out.device == torch.device("cuda:1")
+    out.sum().backward()
+    expected = ddf_ops.ddf(*(t.detach().cpu() for t in (x, cf, sf)))
+    torch.testing.assert_close(out.cpu(), expected)
+
+
+def test_compile_reduce_overhead_cuda_graphs():
+    torch._dynamo.reset()
+    x, cf, sf = make_inputs(2, 8, 17, 15, 3, 2, 2, torch.float32, "cuda")
+    compiled = torch.compile(lambda a, b, c: ddf_ops.ddf(a, b, c, 2).relu(), mode="reduce-overhead", fullgraph=True)
+    for _ in range(3):  # warm-up, record, replay
+        out = compiled(x, cf, sf)
+    torch.testing.assert_close(out, ddf_ops.ddf(x, cf, sf, 2).relu())
+
+
+def test_backward_bitwise_deterministic():
+    x, cf, sf = make_inputs(8, 32, 57, 55, 5, 4, 2, torch.float32, "cuda", requires_grad=True)
+    go = torch.randn(8, 32, 29, 28, device="cuda")
+    first = torch.autograd.grad(ddf_ops.ddf(x, cf, sf, 2, 2), (x, cf, sf), go)
+    for _ in range(3):
+        again = torch.autograd.grad(ddf_ops.ddf(x, cf, sf, 2, 2), (x, cf, sf), go)
+        for a, b in zip(first, again):
+            assert torch.equal(a, b)
+
+
+def test_deterministic_algorithms_mode():
+    x, cf, sf = make_inputs(2, 8, 13, 11, 3, 2, 1, torch.float32, "cuda", requires_grad=True)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        ddf_ops.ddf(x, cf, sf).sum().backward()  # must not raise: no nondeterministic path
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def test_many_planes_and_rows():
+    """More planes and rows than one grid dimension holds (grid-stride loops)."""
+    x, cf, sf = make_inputs(1, 70000, 3, 2, 1, 1, 1, torch.float32, "cuda")
+    torch.testing.assert_close(ddf_ops.ddf(x, cf, sf), ddf_ops.reference.ddf(x, cf, sf))
+    x, cf, sf = make_inputs(1, 1, 600000, 2, 3, 1, 1, torch.float32, "cuda")
+    torch.testing.assert_close(ddf_ops.ddf(x, cf, sf), ddf_ops.reference.ddf(x, cf, sf))
