@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import ddf_ops
-from conftest import make_inputs, requires_cuda
+from conftest import CUDA_MARKS, make_inputs
 
-pytestmark = requires_cuda
+pytestmark = CUDA_MARKS
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16], ids=str)
