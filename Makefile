@@ -4,7 +4,7 @@
 # make demo   - the same set-up, then `python -m ddf_ops`.
 # make gpu-check - on a GPU machine with torch installed (no internet): build, CUDA tests,
 #               GPU benchmark, all into gpu-check.log.
-# make bench  - the CPU benchmark (benchmarks/bench_cpu.py).
+# make bench  - the CPU benchmark (python -m benchmarks.bench_cpu).
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -47,7 +47,7 @@ demo: build
 	$(PY) -m ddf_ops $(DEMO_ARGS)
 
 bench: build
-	$(PY) benchmarks/bench_cpu.py
+	$(PY) -m benchmarks.bench_cpu
 
 # For a GPU machine that already has torch (and no internet): no venv, no downloads.
 GPU_PYTHON ?= python3
@@ -57,7 +57,7 @@ gpu-check:
 	  $(GPU_PYTHON) -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name())'; \
 	  $(GPU_PYTHON) setup.py --quiet build_ext --inplace && \
 	  $(GPU_PYTHON) -m pytest tests -m cuda -rs -q $(PYTEST_ARGS) ; tests=$$?; \
-	  $(GPU_PYTHON) benchmarks/bench_gpu.py; bench=$$?; \
+	  $(GPU_PYTHON) -m benchmarks.bench_gpu; bench=$$?; \
 	  echo "== gpu-check: cuda tests exit $$tests, benchmark exit $$bench"; test $$tests -eq 0 -a $$bench -eq 0; \
 	} 2>&1 | tee gpu-check.log
 

@@ -35,14 +35,21 @@ def sources(pattern: str) -> list:
 
 def extension():
     cpp = sources("csrc/**/*.cpp") + sources("meta/*.cpp")
-    cxx_flags = ["-O3", "-fvisibility=hidden"]
+    # -fopenmp: at::parallel_for is an inline OpenMP region in torch's OpenMP builds (the
+    # pip wheels); without the flag it silently runs on one thread. libgomp resolves to
+    # the copy torch already loaded.
+    cxx_flags = ["-O3", "-fvisibility=hidden", "-fopenmp"]
+    link_flags = ["-fopenmp"]
     if not build_with_cuda():
-        return CppExtension("ddf_ops._C", cpp, extra_compile_args={"cxx": cxx_flags}, py_limited_api=True)
+        return CppExtension(
+            "ddf_ops._C", cpp, extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags, py_limited_api=True
+        )
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
     return CUDAExtension(
         "ddf_ops._C",
         cpp + sources("csrc/cuda/*.cu"),
         extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
+        extra_link_args=link_flags,
         py_limited_api=True,
     )
 

@@ -1,26 +1,34 @@
 // CPU kernels of ddf and ddf_backward.
 //
-// Work is split into tasks (batch b, head h, band of rows); a task loops over the channels
-// of its head, so the spatial-filter rows of the band (shared by those channels) are read
-// once per task. Each channel's band of input rows is copied, zero padded and converted to
-// the accumulation type (float, or double for float64), into a small buffer that the row
-// loops of ddf_cpu_rows.h read with unit stride. So inputs of any strides and dtypes take
-// the same vectorized path, and nothing the size of the input is ever allocated.
+// Flat band layout. Work is split into tasks (batch b, head h, band of rows), and a task
+// loops over the channels of its head, so the spatial-filter rows of the band (shared by
+// those channels) are loaded once per task. A band of an image is loaded, converted to the
+// accumulation type (float, or double for float64), zero padded and split by stride phase
+// in both dimensions into s*s "phase planes" of rows of one length L:
+//   plane (pr, pc), row t, column u  <-  padded pixel ((y0 + t)*s + pr, u*s + pc)
+// (padded = input + pad). Tap (i, j) of output pixel (y0 + t, x) then lies in plane
+// ((i*d)%s, (j*d)%s) at flat index (t*L + x) + (i*d/s)*L + (j*d/s): one constant shift per
+// tap for the whole band. Columns x in [Wo, L) of a band are padding (computed and
+// dropped; zero where they feed a sum), so the loops of ddf_cpu_taps.h run over flat
+// ranges with no edge cases, for any stride, dilation, strides and dtype; and nothing the
+// size of the input is ever allocated.
 //
-// Determinism: bands depend on the shape only, never on the thread count, and every sum
-// runs in a fixed order inside one task (a channel-filter gradient sums per-band partials
-// afterwards, in band order), so results are bitwise reproducible.
+// Determinism: every output element is computed by the same sequence of operations
+// whatever the bands and threads; the one sum that spans bands (a channel-filter gradient
+// sums per-band partials, in band order) uses bands that depend on the shape only. So
+// results are bitwise reproducible, across thread counts too.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "../ddf_checks.h"
-#include "ddf_cpu_rows.h"
+#include "ddf_cpu_taps.h"
 
 namespace ddf {
 namespace cpu {
@@ -35,110 +43,200 @@ struct AccType<double> {
   using type = double;
 };
 
-// Aim for bands of about this many elements per row buffer (fits in L1/L2 with the filters).
-constexpr int64_t kBandElements = 16384;
-// Split each plane into at least this many bands, for parallelism at small batch sizes.
-constexpr int64_t kMinBands = 4;
+// Tasks per call to aim for in the filter-gradient pass. A constant, not the thread
+// count: its channel-filter gradient sums per-band partials, so its bands must not depend
+// on the machine (see the determinism note above).
+constexpr int64_t kFilterGradTasks = 16;
+// The forward and input-gradient passes compute every element in the same order whatever
+// the bands, so they aim for this many tasks per thread instead.
+constexpr int64_t kTasksPerThread = 4;
+// Bands shorter than this spend too much on the rows they share with their neighbours.
+constexpr int64_t kMinBandRows = 8;
+// Largest band (elements of one flat buffer) that keeps a task's buffers in L2.
+constexpr int64_t kMaxBandElements = 16384;
 
-// Rows per band: a function of the shape alone (see the determinism note above).
-int64_t band_rows(int64_t rows, int64_t width) {
-  const int64_t by_cache = std::max<int64_t>(1, kBandElements / std::max<int64_t>(width, 1));
-  return std::max<int64_t>(1, std::min(ceil_div(rows, kMinBands), by_cache));
+int64_t band_rows(int64_t rows, int64_t row_len, int64_t planes, int64_t tasks_wanted) {
+  const int64_t bands_wanted = ceil_div(tasks_wanted, std::max<int64_t>(planes, 1));
+  int64_t r = std::max(ceil_div(rows, bands_wanted), kMinBandRows);
+  r = std::min(r, std::max<int64_t>(1, kMaxBandElements / std::max<int64_t>(row_len, 1)));
+  return std::max<int64_t>(1, std::min(r, rows));
 }
 
-// Length of one phase row of a padded buffer: long enough for every tap of every output
-// column (forward and filter gradients) and for every input column (input gradient).
-int64_t phase_len(const Geometry& g) {
-  const int64_t s = g.stride;
-  return std::max(g.Wo + (g.k - 1) * g.dilation / s, (g.W - 1 + g.pad()) / s + 1);
+int64_t tasks_for_threads() {
+  return kTasksPerThread * at::get_num_threads();
+}
+
+int64_t round_up(int64_t n, int64_t multiple) {
+  return ceil_div(n, multiple) * multiple;
+}
+
+// The flat band layout of one call (see the top of this file).
+struct Layout {
+  int64_t s, kk, L, a_max, b_max;
+  std::vector<int64_t> plane, shift;            // per tap: its phase plane and flat shift
+  std::vector<std::vector<int64_t>> plane_taps;  // per phase plane: the taps that lie in it
+
+  explicit Layout(const Geometry& g) : s(g.stride), kk(g.taps()), plane_taps(g.stride * g.stride) {
+    const int64_t d = g.dilation;
+    a_max = b_max = (g.k - 1) * d / s;
+    // Long enough for every tap of every output column (with Wo..L-1 as the padding that
+    // row wrap-around lands in) and for every input column.
+    L = std::max(g.Wo + b_max, (g.W - 1 + g.pad()) / s + 1);
+    for (int64_t i = 0; i < g.k; ++i) {
+      for (int64_t j = 0; j < g.k; ++j) {
+        plane.push_back((i * d % s) * s + j * d % s);
+        shift.push_back((i * d / s) * L + j * d / s);
+        plane_taps[plane.back()].push_back(i * g.k + j);
+      }
+    }
+  }
+};
+
+// Strided rows in and out of the acc_t buffers. A plain copy where the types match and
+// the row is contiguous; otherwise a conversion loop, built per instruction set.
+template <typename scalar_t, typename acc_t>
+DDF_CPU_CLONES void convert_row(const scalar_t* src, int64_t stride, int64_t n, acc_t* dst) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<acc_t>(src[i * stride]);
+}
+
+template <typename scalar_t, typename acc_t>
+DDF_CPU_CLONES void convert_row_out(const acc_t* src, int64_t n, scalar_t* dst, int64_t stride) {
+  for (int64_t i = 0; i < n; ++i) dst[i * stride] = static_cast<scalar_t>(src[i]);
 }
 
 template <typename scalar_t, typename acc_t>
 void load_row(const scalar_t* src, int64_t stride, int64_t n, acc_t* dst) {
-  if (stride == 1) {
-    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<acc_t>(src[i]);
-  } else {
-    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<acc_t>(src[i * stride]);
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    if (stride == 1) {
+      std::memcpy(dst, src, n * sizeof(acc_t));
+      return;
+    }
   }
+  convert_row(src, stride, n, dst);
 }
 
 template <typename scalar_t, typename acc_t>
 void store_row(const acc_t* src, int64_t n, scalar_t* dst, int64_t stride) {
-  if (stride == 1) {
-    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<scalar_t>(src[i]);
-  } else {
-    for (int64_t i = 0; i < n; ++i) dst[i * stride] = static_cast<scalar_t>(src[i]);
-  }
-}
-
-// n contiguous acc_t values of a strided row: the row itself when it already is one,
-// otherwise `buf`, filled.
-template <typename scalar_t, typename acc_t>
-const acc_t* row_as_acc(const scalar_t* src, int64_t stride, int64_t n, acc_t* buf) {
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    if (stride == 1) return src;
+    if (stride == 1) {
+      std::memcpy(dst, src, n * sizeof(acc_t));
+      return;
+    }
   }
-  load_row(src, stride, n, buf);
-  return buf;
+  convert_row_out(src, n, dst, stride);
 }
 
-// Fills `rows` from one input plane: buffer row r holds input row row0 + r, and
-//   rows.at(ph, r)[q] = X[row0 + r, q*s + ph - pad]   (zero outside the image).
+// An output-sized plane (grad_output, or one spatial-filter channel) as flat rows:
+//   dst[t*L + x] = plane[row0 + t, x] for 0 <= row0 + t < Ho and x < Wo,
+// for t < rows. Everything else in the buffer (padding columns, rows outside the image,
+// the slack after the rows) must already be zero: callers zero a buffer once per task and
+// then reload only these elements, which sit at the same places for every channel.
 template <typename scalar_t, typename acc_t>
-void fill_padded_rows(
-    PaddedRows<acc_t>& rows,
+void load_output_rows(
+    acc_t* dst,
+    const scalar_t* plane,
+    int64_t stride_h,
+    int64_t stride_w,
+    const Geometry& g,
+    int64_t row0,
+    int64_t rows,
+    int64_t L) {
+  for (int64_t y = std::max<int64_t>(row0, 0); y < std::min(row0 + rows, g.Ho); ++y) {
+    load_row(plane + y * stride_h, stride_w, g.Wo, dst + (y - row0) * L);
+  }
+}
+
+// The s*s phase planes of input rows for output rows y0.. of one channel:
+//   dst[(pr*s + pc)*plane_size + t*L + u] = X[(y0 + t)*s + pr - pad, u*s + pc - pad]
+// for t < rows, where that pixel lies inside the image. As with load_output_rows, every
+// other element must already be zero (it stays zero from channel to channel).
+template <typename scalar_t, typename acc_t>
+void load_phase_planes(
+    acc_t* dst,
+    int64_t plane_size,
     const scalar_t* plane,
     const Strides4& st,
     const Geometry& g,
-    int64_t row0) {
-  const int64_t s = g.stride, pad = g.pad(), len = rows.len;
-  for (int64_t r = 0; r < rows.rows; ++r) {
-    const int64_t iy = row0 + r;
-    for (int64_t ph = 0; ph < s; ++ph) {
-      acc_t* dst = rows.at(ph, r);
-      if (iy < 0 || iy >= g.H) {
-        std::fill(dst, dst + len, acc_t(0));
-        continue;
-      }
-      // Columns q whose input column q*s + ph - pad lies inside [0, W).
-      const int64_t q_lo = std::min(len, std::max<int64_t>(0, ceil_div(pad - ph, s)));
-      const int64_t q_hi = std::min(len, std::max(q_lo, ceil_div(g.W + pad - ph, s)));
-      std::fill(dst, dst + q_lo, acc_t(0));
-      load_row(plane + iy * st.h + (q_lo * s + ph - pad) * st.w, s * st.w, q_hi - q_lo, dst + q_lo);
-      std::fill(dst + q_hi, dst + len, acc_t(0));
-    }
-  }
-}
-
-// The spatial-filter rows y in [y0, y0 + ny) of head h of batch b, as acc_t pointers:
-// w[(y - y0) * kk + ij]. Converted into `buf` only where the tensor is not already acc_t
-// rows of unit stride.
-template <typename scalar_t, typename acc_t>
-void spatial_filter_rows(
-    const scalar_t* sf,
-    const Strides4& st,
-    const Geometry& g,
-    int64_t b,
-    int64_t h,
     int64_t y0,
-    int64_t ny,
-    std::vector<acc_t>& buf,
-    std::vector<const acc_t*>& w) {
-  const int64_t kk = g.taps();
-  buf.resize(static_cast<size_t>(ny * kk * g.Wo));
-  w.resize(static_cast<size_t>(ny * kk));
-  for (int64_t yy = 0; yy < ny; ++yy) {
-    for (int64_t ij = 0; ij < kk; ++ij) {
-      const scalar_t* src = sf + st.offset(b, h * kk + ij, y0 + yy, 0);
-      w[yy * kk + ij] = row_as_acc(src, st.w, g.Wo, buf.data() + (yy * kk + ij) * g.Wo);
+    int64_t rows,
+    int64_t L) {
+  const int64_t s = g.stride, pad = g.pad();
+  for (int64_t pr = 0; pr < s; ++pr) {
+    for (int64_t pc = 0; pc < s; ++pc) {
+      acc_t* base = dst + (pr * s + pc) * plane_size;
+      // Columns u whose input column u*s + pc - pad lies inside [0, W).
+      const int64_t u_lo = std::min(L, std::max<int64_t>(0, ceil_div(pad - pc, s)));
+      const int64_t u_hi = std::min(L, std::max(u_lo, ceil_div(g.W + pad - pc, s)));
+      for (int64_t t = 0; t < rows; ++t) {
+        const int64_t iy = (y0 + t) * s + pr - pad;
+        if (iy < 0 || iy >= g.H) continue;
+        load_row(plane + iy * st.h + (u_lo * s + pc - pad) * st.w, s * st.w, u_hi - u_lo, base + t * L + u_lo);
+      }
+    }
+  }
+}
+
+// Asks the cache for rows [row0, row0 + rows) (clipped to [0, nrows)) of a plane while the
+// current channel computes: the bands are small, so without this every channel would wait
+// on the latency of its first loads (and its output stores) from L3 or memory.
+template <typename scalar_t>
+void prefetch_rows(const scalar_t* plane, int64_t stride_h, int64_t stride_w, int64_t row0, int64_t rows, int64_t nrows, int64_t cols, bool for_write) {
+  if (stride_w != 1) return;  // strided rows: leave it to the hardware
+  constexpr int64_t line = 64 / sizeof(scalar_t);
+  for (int64_t r = std::max<int64_t>(row0, 0); r < std::min(row0 + rows, nrows); ++r) {
+    const scalar_t* row = plane + r * stride_h;
+    for (int64_t x = 0; x < cols; x += line) {
+      if (for_write) {
+        __builtin_prefetch(row + x, 1, 3);
+      } else {
+        __builtin_prefetch(row + x, 0, 3);
+      }
     }
   }
 }
 
 template <typename scalar_t, typename acc_t>
-void channel_filter_values(const scalar_t* cf, const Strides4& st, const Geometry& g, int64_t b, int64_t c, acc_t* out) {
+void load_channel_filter(const scalar_t* cf, const Strides4& st, const Geometry& g, int64_t b, int64_t c, acc_t* out) {
   for (int64_t i = 0; i < g.k; ++i) {
     for (int64_t j = 0; j < g.k; ++j) out[i * g.k + j] = static_cast<acc_t>(cf[st.offset(b, c, i, j)]);
+  }
+}
+
+template <typename acc_t>
+void zero(std::vector<acc_t>& buf) {
+  std::fill(buf.begin(), buf.end(), acc_t(0));
+}
+
+// Task t of (b, head, band) tasks.
+struct Task {
+  int64_t b, h, band;
+  Task(int64_t t, int64_t heads, int64_t bands) : b(t / (heads * bands)), h(t / bands % heads), band(t % bands) {}
+};
+
+// Runs f(c, cb) over the channels of head h in blocks of cb = kChannelBlock channels (the
+// last block may be shorter): the blocks depend on the shape only (determinism).
+template <typename F>
+void for_each_channel_block(int64_t h, int64_t cph, F&& f) {
+  for (int64_t c = h * cph; c < (h + 1) * cph; c += kChannelBlock) f(c, std::min(kChannelBlock, (h + 1) * cph - c));
+}
+
+// apply_taps / tap_grads for a block of cb channels (cb <= kChannelBlock).
+template <Combine M, typename acc_t, typename... Args>
+void apply_taps_block(int64_t cb, Args... args) {
+  static_assert(kChannelBlock == 2, "one case per block size");
+  if (cb == 2) {
+    apply_taps<M, 2, acc_t>(args...);
+  } else {
+    apply_taps<M, 1, acc_t>(args...);
+  }
+}
+
+template <Combine M, typename acc_t, typename... Args>
+void tap_grads_block(int64_t cb, Args... args) {
+  if (cb == 2) {
+    tap_grads<M, 2, acc_t>(args...);
+  } else {
+    tap_grads<M, 1, acc_t>(args...);
   }
 }
 
@@ -148,32 +246,55 @@ void channel_filter_values(const scalar_t* cf, const Strides4& st, const Geometr
 template <typename scalar_t, Combine M>
 void forward_kernel(const at::Tensor& input, const at::Tensor& cf, const at::Tensor& sf, at::Tensor& out, const Geometry& g) {
   using acc_t = typename AccType<scalar_t>::type;
+  constexpr int64_t block = kBlock<acc_t>, CB = kChannelBlock;
   const Strides4 xs = strides_of(input), cs = strides_of(cf), ss = strides_of(sf), os = strides_of(out);
   const scalar_t* x_ptr = input.const_data_ptr<scalar_t>();
   const scalar_t* cf_ptr = cf.const_data_ptr<scalar_t>();
   const scalar_t* sf_ptr = sf.const_data_ptr<scalar_t>();
   scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
 
-  const int64_t kk = g.taps(), s = g.stride, d = g.dilation, cph = g.channels_per_head();
-  const int64_t R = band_rows(g.Ho, g.Wo), bands = ceil_div(g.Ho, R), len = phase_len(g);
+  const Layout lay(g);
+  const int64_t kk = lay.kk, s = g.stride, L = lay.L, cph = g.channels_per_head();
+  const int64_t R = band_rows(g.Ho, L, g.B * g.G, tasks_for_threads()), bands = ceil_div(g.Ho, R);
+  const int64_t w_size = R * L + block, x_plane = (R + lay.a_max + 1) * L + block, x_size = s * s * x_plane;
 
   at::parallel_for(0, g.B * g.G * bands, 1, [&](int64_t begin, int64_t end) {
-    PaddedRows<acc_t> rows;
-    std::vector<acc_t> sf_buf, acc(static_cast<size_t>(g.Wo)), cfv(static_cast<size_t>(kk));
-    std::vector<const acc_t*> w;
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t b = t / (g.G * bands), h = t / bands % g.G, band = t % bands;
-      const int64_t y0 = band * R, ny = std::min(R, g.Ho - y0);
-      rows.resize((ny - 1) * s + (g.k - 1) * d + 1, s, len);
-      spatial_filter_rows(sf_ptr, ss, g, b, h, y0, ny, sf_buf, w);
-      for (int64_t c = h * cph; c < (h + 1) * cph; ++c) {
-        fill_padded_rows(rows, x_ptr + b * xs.n + c * xs.c, xs, g, y0 * s - g.pad());
-        channel_filter_values(cf_ptr, cs, g, b, c, cfv.data());
-        for (int64_t yy = 0; yy < ny; ++yy) {
-          forward_row<M>(acc.data(), g.Wo, rows, yy * s, w.data() + yy * kk, cfv.data(), g.k, s, d);
-          store_row(acc.data(), g.Wo, out_ptr + os.offset(b, c, y0 + yy, 0), os.w);
-        }
+    // One input buffer, output buffer and channel filter per channel of a block.
+    std::vector<acc_t> x_buf(CB * x_size), w_buf(kk * w_size), acc(CB * w_size), cfv(CB * kk);
+    std::vector<const acc_t*> a(CB * kk), w(kk);
+    std::vector<acc_t*> outs(CB);
+    for (int64_t k = 0; k < CB; ++k) {
+      outs[k] = acc.data() + k * w_size;
+      for (int64_t tap = 0; tap < kk; ++tap) {
+        a[k * kk + tap] = x_buf.data() + k * x_size + lay.plane[tap] * x_plane + lay.shift[tap];
       }
+    }
+    for (int64_t t = begin; t < end; ++t) {
+      const Task task(t, g.G, bands);
+      const int64_t y0 = task.band * R, ny = std::min(R, g.Ho - y0), n = round_up(ny * L, block);
+      const int64_t x_rows = ny + lay.a_max + 1, in_row0 = y0 * s - g.pad(), in_rows = x_rows * s;
+      zero(x_buf);
+      zero(w_buf);
+      for (int64_t tap = 0; tap < kk; ++tap) {
+        w[tap] = w_buf.data() + tap * w_size;
+        load_output_rows(w_buf.data() + tap * w_size, sf_ptr + ss.offset(task.b, task.h * kk + tap, 0, 0), ss.h, ss.w, g, y0, ny, L);
+      }
+      for_each_channel_block(task.h, cph, [&](int64_t c0, int64_t cb) {
+        for (int64_t k = 0; k < cb; ++k) {
+          load_phase_planes(x_buf.data() + k * x_size, x_plane, x_ptr + task.b * xs.n + (c0 + k) * xs.c, xs, g, y0, x_rows, L);
+          load_channel_filter(cf_ptr, cs, g, task.b, c0 + k, cfv.data() + k * kk);
+          prefetch_rows(out_ptr + os.offset(task.b, c0 + k, 0, 0), os.h, os.w, y0, ny, g.Ho, g.Wo, true);
+        }
+        for (int64_t c = c0 + cb; c < std::min(c0 + 2 * cb, (task.h + 1) * cph); ++c) {
+          prefetch_rows(x_ptr + task.b * xs.n + c * xs.c, xs.h, xs.w, in_row0, in_rows, g.H, g.W, false);
+        }
+        apply_taps_block<M, acc_t>(cb, outs.data(), n, a.data(), w.data(), cfv.data(), kk);
+        for (int64_t k = 0; k < cb; ++k) {
+          for (int64_t yy = 0; yy < ny; ++yy) {
+            store_row(outs[k] + yy * L, g.Wo, out_ptr + os.offset(task.b, c0 + k, y0 + yy, 0), os.w);
+          }
+        }
+      });
     }
   });
 }
@@ -193,7 +314,7 @@ void filter_grads_kernel(
     at::Tensor& grad_sf,
     const Geometry& g) {
   using acc_t = typename AccType<scalar_t>::type;
-  constexpr int64_t lanes = kLanes<acc_t>;
+  constexpr int64_t block = kBlock<acc_t>, lanes = kLanes<acc_t>, CB = kChannelBlock;
   const bool want_cf = grad_cf.defined(), want_sf = grad_sf.defined();
   const Strides4 gos = strides_of(grad_out), xs = strides_of(input), cs = strides_of(cf), ss = strides_of(sf);
   const scalar_t* go_ptr = grad_out.const_data_ptr<scalar_t>();
@@ -201,49 +322,62 @@ void filter_grads_kernel(
   const scalar_t* cf_ptr = cf.const_data_ptr<scalar_t>();
   const scalar_t* sf_ptr = sf.const_data_ptr<scalar_t>();
 
-  const int64_t kk = g.taps(), s = g.stride, d = g.dilation, cph = g.channels_per_head();
-  const int64_t R = band_rows(g.Ho, g.Wo), bands = ceil_div(g.Ho, R), len = phase_len(g);
-  // grad_cf partial sums: [b][c][band][ij].
+  const Layout lay(g);
+  const int64_t kk = lay.kk, s = g.stride, L = lay.L, cph = g.channels_per_head();
+  const int64_t R = band_rows(g.Ho, L, g.B * g.G, kFilterGradTasks), bands = ceil_div(g.Ho, R);
+  const int64_t w_size = R * L + block, x_plane = (R + lay.a_max + 1) * L + block, x_size = s * s * x_plane;
+  // grad_cf partial sums: [b][c][band][tap].
   std::vector<acc_t> cf_partial(want_cf ? static_cast<size_t>(g.B * g.C * bands * kk) : 0, acc_t(0));
 
   at::parallel_for(0, g.B * g.G * bands, 1, [&](int64_t begin, int64_t end) {
-    PaddedRows<acc_t> rows;
-    std::vector<acc_t> sf_buf, go_buf(static_cast<size_t>(g.Wo)), cfv(static_cast<size_t>(kk));
-    std::vector<acc_t> lanes_buf(static_cast<size_t>(kk * lanes)), gsf_buf;
-    std::vector<const acc_t*> w;
-    std::vector<acc_t*> gsf_rows(static_cast<size_t>(kk));
+    std::vector<acc_t> x_buf(CB * x_size), w_buf(kk * w_size), go_buf(CB * w_size), cfv(CB * kk);
+    std::vector<acc_t> lane_sums(CB * kk * lanes), gsf_buf(want_sf ? kk * w_size : 0);
+    std::vector<const acc_t*> a(CB * kk), w(kk), go(CB);
+    std::vector<acc_t*> gsf(kk);
+    for (int64_t k = 0; k < CB; ++k) {
+      go[k] = go_buf.data() + k * w_size;
+      for (int64_t tap = 0; tap < kk; ++tap) {
+        a[k * kk + tap] = x_buf.data() + k * x_size + lay.plane[tap] * x_plane + lay.shift[tap];
+      }
+    }
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t b = t / (g.G * bands), h = t / bands % g.G, band = t % bands;
-      const int64_t y0 = band * R, ny = std::min(R, g.Ho - y0);
-      rows.resize((ny - 1) * s + (g.k - 1) * d + 1, s, len);
-      spatial_filter_rows(sf_ptr, ss, g, b, h, y0, ny, sf_buf, w);
-      if (want_sf) gsf_buf.assign(static_cast<size_t>(ny * kk * g.Wo), acc_t(0));
-      for (int64_t c = h * cph; c < (h + 1) * cph; ++c) {
-        fill_padded_rows(rows, x_ptr + b * xs.n + c * xs.c, xs, g, y0 * s - g.pad());
-        channel_filter_values(cf_ptr, cs, g, b, c, cfv.data());
-        std::fill(lanes_buf.begin(), lanes_buf.end(), acc_t(0));
-        for (int64_t yy = 0; yy < ny; ++yy) {
-          const acc_t* go = row_as_acc(go_ptr + gos.offset(b, c, y0 + yy, 0), gos.w, g.Wo, go_buf.data());
-          for (int64_t ij = 0; ij < kk; ++ij) gsf_rows[ij] = gsf_buf.data() + (yy * kk + ij) * g.Wo;
-          filter_grads_row<M>(
-              go, g.Wo, rows, yy * s, w.data() + yy * kk, cfv.data(), want_cf ? lanes_buf.data() : nullptr,
-              want_sf ? gsf_rows.data() : nullptr, g.k, s, d);
+      const Task task(t, g.G, bands);
+      const int64_t y0 = task.band * R, ny = std::min(R, g.Ho - y0), n = round_up(ny * L, block);
+      zero(x_buf);
+      zero(w_buf);
+      zero(go_buf);
+      zero(gsf_buf);
+      for (int64_t tap = 0; tap < kk; ++tap) {
+        w[tap] = w_buf.data() + tap * w_size;
+        load_output_rows(w_buf.data() + tap * w_size, sf_ptr + ss.offset(task.b, task.h * kk + tap, 0, 0), ss.h, ss.w, g, y0, ny, L);
+        gsf[tap] = want_sf ? gsf_buf.data() + tap * w_size : nullptr;
+      }
+      for_each_channel_block(task.h, cph, [&](int64_t c0, int64_t cb) {
+        for (int64_t k = 0; k < cb; ++k) {
+          const int64_t c = c0 + k;
+          load_phase_planes(x_buf.data() + k * x_size, x_plane, x_ptr + task.b * xs.n + c * xs.c, xs, g, y0, ny + lay.a_max + 1, L);
+          load_channel_filter(cf_ptr, cs, g, task.b, c, cfv.data() + k * kk);
+          load_output_rows(go_buf.data() + k * w_size, go_ptr + task.b * gos.n + c * gos.c, gos.h, gos.w, g, y0, ny, L);
         }
-        if (want_cf) {
-          acc_t* part = cf_partial.data() + ((b * g.C + c) * bands + band) * kk;
-          for (int64_t ij = 0; ij < kk; ++ij) {
+        zero(lane_sums);
+        tap_grads_block<M, acc_t>(
+            cb, go.data(), n, a.data(), w.data(), cfv.data(), kk, want_cf ? lane_sums.data() : nullptr,
+            want_sf ? gsf.data() : nullptr);
+        for (int64_t k = 0; want_cf && k < cb; ++k) {
+          acc_t* part = cf_partial.data() + ((task.b * g.C + c0 + k) * bands + task.band) * kk;
+          for (int64_t tap = 0; tap < kk; ++tap) {
             acc_t sum = 0;
-            for (int64_t l = 0; l < lanes; ++l) sum += lanes_buf[ij * lanes + l];
-            part[ij] = sum;
+            for (int64_t l = 0; l < lanes; ++l) sum += lane_sums[(k * kk + tap) * lanes + l];
+            part[tap] = sum;
           }
         }
-      }
+      });
       if (want_sf) {
         const Strides4 gs = strides_of(grad_sf);
         scalar_t* gs_ptr = grad_sf.mutable_data_ptr<scalar_t>();
-        for (int64_t yy = 0; yy < ny; ++yy) {
-          for (int64_t ij = 0; ij < kk; ++ij) {
-            store_row(gsf_buf.data() + (yy * kk + ij) * g.Wo, g.Wo, gs_ptr + gs.offset(b, h * kk + ij, y0 + yy, 0), gs.w);
+        for (int64_t tap = 0; tap < kk; ++tap) {
+          for (int64_t yy = 0; yy < ny; ++yy) {
+            store_row(gsf[tap] + yy * L, g.Wo, gs_ptr + gs.offset(task.b, task.h * kk + tap, y0 + yy, 0), gs.w);
           }
         }
       }
@@ -255,10 +389,10 @@ void filter_grads_kernel(
     scalar_t* gc_ptr = grad_cf.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, g.B * g.C, 1, [&](int64_t begin, int64_t end) {
       for (int64_t bc = begin; bc < end; ++bc) {
-        for (int64_t ij = 0; ij < kk; ++ij) {
+        for (int64_t tap = 0; tap < kk; ++tap) {
           acc_t sum = 0;
-          for (int64_t band = 0; band < bands; ++band) sum += cf_partial[(bc * bands + band) * kk + ij];
-          gc_ptr[gcs.offset(bc / g.C, bc % g.C, ij / g.k, ij % g.k)] = static_cast<scalar_t>(sum);
+          for (int64_t band = 0; band < bands; ++band) sum += cf_partial[(bc * bands + band) * kk + tap];
+          gc_ptr[gcs.offset(bc / g.C, bc % g.C, tap / g.k, tap % g.k)] = static_cast<scalar_t>(sum);
         }
       }
     });
@@ -266,9 +400,12 @@ void filter_grads_kernel(
 }
 
 // ---------------------------------------------------------------------------------------
-// Backward, input gradient (a transposed DDF). Tasks: (b, head, band of input rows). Each
-// task scatters every output row that reaches its band, but only the taps that land in its
-// own rows, into a padded buffer; so no two tasks write the same element.
+// Backward, input gradient (a transposed DDF), gathered: input pixel (iy, ix) lies at
+// padded (iy + pad, ix + pad) = (ry*s + pr, rx*s + pc), and the taps (i, j) that read it
+// are those of phase plane (pr, pc), from output pixel (ry - i*d/s, rx - j*d/s). So each
+// phase plane of the gradient is again one flat loop of apply_taps, over grad_output and
+// the spatial filter at the taps' shifts. Tasks: (b, head, band of input rows); every
+// element is written by exactly one task.
 
 template <typename scalar_t, Combine M>
 void input_grad_kernel(
@@ -278,47 +415,81 @@ void input_grad_kernel(
     at::Tensor& grad_in,
     const Geometry& g) {
   using acc_t = typename AccType<scalar_t>::type;
+  constexpr int64_t block = kBlock<acc_t>, CB = kChannelBlock;
   const Strides4 gos = strides_of(grad_out), cs = strides_of(cf), ss = strides_of(sf), gis = strides_of(grad_in);
   const scalar_t* go_ptr = grad_out.const_data_ptr<scalar_t>();
   const scalar_t* cf_ptr = cf.const_data_ptr<scalar_t>();
   const scalar_t* sf_ptr = sf.const_data_ptr<scalar_t>();
   scalar_t* gi_ptr = grad_in.mutable_data_ptr<scalar_t>();
 
-  const int64_t kk = g.taps(), s = g.stride, d = g.dilation, pad = g.pad(), cph = g.channels_per_head();
-  const int64_t R = band_rows(g.H, g.W), bands = ceil_div(g.H, R), len = phase_len(g);
+  const Layout lay(g);
+  const int64_t kk = lay.kk, s = g.stride, L = lay.L, pad = g.pad(), cph = g.channels_per_head();
+  const int64_t R = band_rows(g.H, L, g.B * g.G, tasks_for_threads()), bands = ceil_div(g.H, R);
 
   at::parallel_for(0, g.B * g.G * bands, 1, [&](int64_t begin, int64_t end) {
-    PaddedRows<acc_t> rows;
-    std::vector<acc_t> sf_buf, go_buf(static_cast<size_t>(g.Wo)), cfv(static_cast<size_t>(kk));
-    std::vector<const acc_t*> w;
+    std::vector<acc_t> w_buf, go_buf, g_buf, cfv(CB * kk), cm(CB * kk);
+    std::vector<int64_t> ry_lo(s), ry_hi(s);
+    std::vector<const acc_t*> a(CB * kk), w(kk);
+    std::vector<acc_t*> dst(CB);
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t b = t / (g.G * bands), h = t / bands % g.G, band = t % bands;
-      const int64_t iy0 = band * R, iy1 = std::min(g.H, iy0 + R);
-      // Output rows with a tap in [iy0, iy1): iy = y*s + i*d - pad for some i < k.
-      const int64_t y_lo = std::max<int64_t>(0, ceil_div(iy0 + pad - (g.k - 1) * d, s));
-      const int64_t y_hi = std::min(g.Ho, floor_div(iy1 - 1 + pad, s) + 1);
-      rows.resize(iy1 - iy0, s, len);
-      if (y_hi > y_lo) spatial_filter_rows(sf_ptr, ss, g, b, h, y_lo, y_hi - y_lo, sf_buf, w);
-      for (int64_t c = h * cph; c < (h + 1) * cph; ++c) {
-        rows.zero();
-        channel_filter_values(cf_ptr, cs, g, b, c, cfv.data());
-        for (int64_t y = y_lo; y < y_hi; ++y) {
-          const int64_t row = y * s - pad - iy0;  // buffer row of tap i = 0 (may be negative)
-          const int64_t i_lo = std::max<int64_t>(0, ceil_div(-row, d));
-          const int64_t i_hi = std::min(g.k, ceil_div(rows.rows - row, d));
-          const acc_t* go = row_as_acc(go_ptr + gos.offset(b, c, y, 0), gos.w, g.Wo, go_buf.data());
-          input_grad_row<M>(go, g.Wo, rows, row, i_lo, i_hi, w.data() + (y - y_lo) * kk, cfv.data(), g.k, s, d);
+      const Task task(t, g.G, bands);
+      const int64_t iy0 = task.band * R, iy1 = std::min(g.H, iy0 + R);
+      // Rows ry of each row phase pr that fall in the band, and the output rows they read
+      // (with one more zero row above, for the shift of column taps wrapping a row back).
+      int64_t Y0 = INT64_MAX, Y1 = INT64_MIN, g_plane = 0;
+      for (int64_t pr = 0; pr < s; ++pr) {
+        ry_lo[pr] = ceil_div(iy0 + pad - pr, s);
+        ry_hi[pr] = std::max(ry_lo[pr], ceil_div(iy1 + pad - pr, s));
+        Y0 = std::min(Y0, ry_lo[pr] - lay.a_max - 1);
+        Y1 = std::max(Y1, ry_hi[pr]);
+        g_plane = std::max(g_plane, round_up((ry_hi[pr] - ry_lo[pr]) * L, block));
+      }
+      const int64_t rows = Y1 - Y0, w_size = rows * L + block, g_size = s * s * g_plane;
+      w_buf.assign(kk * w_size, acc_t(0));
+      go_buf.assign(CB * w_size, acc_t(0));
+      g_buf.resize(CB * g_size);
+      for (int64_t tap = 0; tap < kk; ++tap) {
+        load_output_rows(w_buf.data() + tap * w_size, sf_ptr + ss.offset(task.b, task.h * kk + tap, 0, 0), ss.h, ss.w, g, Y0, rows, L);
+      }
+      for_each_channel_block(task.h, cph, [&](int64_t c0, int64_t cb) {
+        for (int64_t k = 0; k < cb; ++k) {
+          load_output_rows(go_buf.data() + k * w_size, go_ptr + task.b * gos.n + (c0 + k) * gos.c, gos.h, gos.w, g, Y0, rows, L);
+          load_channel_filter(cf_ptr, cs, g, task.b, c0 + k, cfv.data() + k * kk);
         }
-        // Input column ix sits at phase (ix + pad) % s, column (ix + pad) / s.
-        for (int64_t r = 0; r < rows.rows; ++r) {
-          scalar_t* dst = gi_ptr + gis.offset(b, c, iy0 + r, 0);
-          for (int64_t ph = 0; ph < s; ++ph) {
-            const int64_t ix0 = ((ph - pad) % s + s) % s;
-            if (ix0 >= g.W) continue;
-            store_row(rows.at(ph, r) + (ix0 + pad) / s, ceil_div(g.W - ix0, s), dst + ix0 * gis.w, s * gis.w);
+        for (int64_t pl = 0; pl < s * s; ++pl) {
+          const int64_t pr = pl / s;
+          const int64_t start = (ry_lo[pr] - Y0) * L, n = round_up((ry_hi[pr] - ry_lo[pr]) * L, block);
+          const auto& taps = lay.plane_taps[pl];
+          const int64_t m_taps = static_cast<int64_t>(taps.size());
+          for (int64_t k = 0; k < cb; ++k) {
+            dst[k] = g_buf.data() + k * g_size + pl * g_plane;
+            if (m_taps == 0) std::fill(dst[k], dst[k] + n, acc_t(0));  // no tap reads this phase
+          }
+          if (m_taps == 0) continue;
+          for (int64_t m = 0; m < m_taps; ++m) {
+            const int64_t tap = taps[m];
+            w[m] = w_buf.data() + tap * w_size + start - lay.shift[tap];
+            for (int64_t k = 0; k < cb; ++k) {
+              a[k * m_taps + m] = go_buf.data() + k * w_size + start - lay.shift[tap];
+              cm[k * m_taps + m] = cfv[k * kk + tap];
+            }
+          }
+          apply_taps_block<M, acc_t>(cb, dst.data(), n, a.data(), w.data(), cm.data(), m_taps);
+        }
+        // Input column ix sits in phase plane column (ix + pad) % s at (ix + pad) / s.
+        for (int64_t k = 0; k < cb; ++k) {
+          for (int64_t iy = iy0; iy < iy1; ++iy) {
+            const int64_t pr = (iy + pad) % s, ry = (iy + pad) / s;
+            scalar_t* row = gi_ptr + gis.offset(task.b, c0 + k, iy, 0);
+            for (int64_t pc = 0; pc < s; ++pc) {
+              const int64_t ix0 = ((pc - pad) % s + s) % s;
+              if (ix0 >= g.W) continue;
+              const acc_t* src = g_buf.data() + k * g_size + (pr * s + pc) * g_plane + (ry - ry_lo[pr]) * L + (ix0 + pad) / s;
+              store_row(src, ceil_div(g.W - ix0, s), row + ix0 * gis.w, s * gis.w);
+            }
           }
         }
-      }
+      });
     }
   });
 }
@@ -367,6 +538,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ddf_backward_cpu(
       check_ddf_backward_args(grad_output, input, channel_filter, spatial_filter, stride, dilation, combine);
   const Geometry g = concrete_geometry(sizes, stride, dilation);
   auto [grad_in, grad_cf, grad_sf] = ddf_empty_grads(sizes, input, channel_filter, spatial_filter, output_mask);
+  if (g.B * g.C * g.Ho * g.Wo == 0) {
+    // No output pixel: nothing reaches any input, and a channel filter sums over nothing.
+    for (at::Tensor* t : {&grad_in, &grad_cf, &grad_sf}) {
+      if (t->defined()) t->zero_();
+    }
+    return {grad_in, grad_cf, grad_sf};
+  }
   dispatch(input.scalar_type(), parse_combine(combine), [&](auto tag, auto m) {
     using scalar_t = decltype(tag);
     constexpr Combine M = decltype(m)::value;

@@ -1,0 +1,75 @@
+"""CPU benchmark: ddf against the alternatives a user has, at ResNet-50 shapes, in one run.
+
+    python -m benchmarks.bench_cpu [--batch 8] [--min-run-time 1.0] [--stages 0 1 2 3]
+
+For each stage of ResNet-50 (B=8, k=3, float32, NCHW) it times forward and forward+backward
+of: the ddf op; oneDNN's depth-wise conv (what the paper says DDF should cost about the
+same as); a dense 3x3 conv; the pure-PyTorch reference, eager and compiled by Inductor.
+Ratios are taken against our op within the same run (torch.utils.benchmark, median).
+"""
+
+import argparse
+import platform
+import sys
+
+import torch
+import torch.utils.benchmark as benchmark
+
+from benchmarks.common import RESNET50_STAGES, Case, candidates, forward_backward, markdown_table
+
+OURS = "ddf (ours)"
+
+
+def time_ms(fn, min_run_time: float) -> float:
+    for _ in range(3):  # warm-up (and Inductor compilation)
+        fn()
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+
+
+def run(case: Case, backward: bool, min_run_time: float):
+    fns = candidates(case, requires_grad=backward)
+    times = {}
+    for name, fn in fns.items():
+        times[name] = time_ms(forward_backward(fn) if backward else fn, min_run_time)
+        print(f"  {case.label} {'fwd+bwd' if backward else 'fwd'} {name}: {times[name]:.3f} ms", file=sys.stderr)
+    return times
+
+
+def table(cases, results, title):
+    names = list(results[0].keys())
+    header = ["shape"] + [f"{n} ms" for n in names] + [f"ours / {n}" for n in names if n != OURS]
+    rows = []
+    for case, times in zip(cases, results):
+        ours = times[OURS]
+        rows.append(
+            [case.label]
+            + [f"{times[n]:.3f}" for n in names]
+            + [f"{ours / times[n]:.2f}x" for n in names if n != OURS]
+        )
+    return markdown_table(title, rows, header)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds of timing per measurement")
+    parser.add_argument("--stages", type=int, nargs="*", default=[0, 1, 2, 3], help="ResNet-50 stages (0-3)")
+    args = parser.parse_args()
+
+    cases = [Case(args.batch, *RESNET50_STAGES[i]) for i in args.stages]
+    print(
+        f"# CPU benchmark: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, B={args.batch}, k=3, float32, NCHW"
+    )
+    with torch.no_grad():
+        fwd = [run(c, False, args.min_run_time) for c in cases]
+    fwd_bwd = [run(c, True, args.min_run_time) for c in cases]
+    print()
+    print(table(cases, fwd, "forward"))
+    print()
+    print(table(cases, fwd_bwd, "forward + backward"))
+
+
+if __name__ == "__main__":
+    main()
