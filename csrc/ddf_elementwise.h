@@ -17,16 +17,21 @@ DDF_HOST_DEVICE acc_t forward_element(
     const scalar_t* cf, const Strides4& cs,
     const scalar_t* sf, const Strides4& ss,
     const Geometry& g, int64_t b, int64_t c, int64_t y, int64_t xo) {
+  // Base pointers once per element; the tap loops only add row/column/tap offsets.
+  const scalar_t* x_plane = x + b * xs.n + c * xs.c;
+  const scalar_t* cf_c = cf + b * cs.n + c * cs.c;
+  const scalar_t* sf_px = sf + b * ss.n + g.sf_channel(c, 0, 0) * ss.c + y * ss.h + xo * ss.w;
   acc_t acc = 0;
   for (int64_t i = 0; i < g.k; ++i) {
     const int64_t iy = g.input_coord(y, i);
     if (iy < 0 || iy >= g.H) continue;
+    const scalar_t* x_row = x_plane + iy * xs.h;
     for (int64_t j = 0; j < g.k; ++j) {
       const int64_t ix = g.input_coord(xo, j);
       if (ix < 0 || ix >= g.W) continue;
       const acc_t f = combine_filters<M>(
-          static_cast<acc_t>(cf[cs.offset(b, c, i, j)]), static_cast<acc_t>(sf[ss.offset(b, g.sf_channel(c, i, j), y, xo)]));
-      acc += static_cast<acc_t>(x[xs.offset(b, c, iy, ix)]) * f;
+          static_cast<acc_t>(cf_c[i * cs.h + j * cs.w]), static_cast<acc_t>(sf_px[(i * g.k + j) * ss.c]));
+      acc += static_cast<acc_t>(x_row[ix * xs.w]) * f;
     }
   }
   return acc;
@@ -40,6 +45,9 @@ DDF_HOST_DEVICE acc_t grad_input_element(
     const scalar_t* cf, const Strides4& cs,
     const scalar_t* sf, const Strides4& ss,
     const Geometry& g, int64_t b, int64_t c, int64_t iy, int64_t ix) {
+  const scalar_t* go_plane = go + b * gos.n + c * gos.c;
+  const scalar_t* cf_c = cf + b * cs.n + c * cs.c;
+  const scalar_t* sf_head = sf + b * ss.n + g.sf_channel(c, 0, 0) * ss.c;
   acc_t acc = 0;
   for (int64_t i = 0; i < g.k; ++i) {
     const int64_t y = g.output_coord(iy, i, g.Ho);
@@ -48,8 +56,9 @@ DDF_HOST_DEVICE acc_t grad_input_element(
       const int64_t xo = g.output_coord(ix, j, g.Wo);
       if (xo < 0) continue;
       const acc_t f = combine_filters<M>(
-          static_cast<acc_t>(cf[cs.offset(b, c, i, j)]), static_cast<acc_t>(sf[ss.offset(b, g.sf_channel(c, i, j), y, xo)]));
-      acc += static_cast<acc_t>(go[gos.offset(b, c, y, xo)]) * f;
+          static_cast<acc_t>(cf_c[i * cs.h + j * cs.w]),
+          static_cast<acc_t>(sf_head[(i * g.k + j) * ss.c + y * ss.h + xo * ss.w]));
+      acc += static_cast<acc_t>(go_plane[y * gos.h + xo * gos.w]) * f;
     }
   }
   return acc;

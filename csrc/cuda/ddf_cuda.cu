@@ -9,9 +9,9 @@
 // Every sum runs in a fixed order and no kernel uses atomics, so the backward is
 // deterministic whatever torch.are_deterministic_algorithms_enabled() says.
 //
-// Threads tile (column, row) of a plane in 32x8 blocks, so consecutive threads read
-// consecutive columns (coalesced for NCHW); grid.z walks the planes. Any strides are
-// accepted (channels_last, slices, stride-0 expansions); offsets are 64-bit.
+// Consecutive threads take consecutive columns (coalesced for NCHW), blocks tile the rows
+// of all planes (see for_each_pixel). Any strides are accepted (channels_last, slices,
+// stride-0 expansions); offsets are 64-bit.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDAException.h>
@@ -37,29 +37,38 @@ struct AccType<double> {
   using type = double;
 };
 
-constexpr int kTileCols = 32, kTileRows = 8;
+constexpr int kThreads = 256;
 constexpr int kReduceThreads = 256;
-constexpr int64_t kMaxGridYZ = 65535;
+constexpr int64_t kMaxGridY = 65535;
 
-// Calls f(plane, row, col) for every element of planes x rows x cols (grid-stride loops).
+// Calls f(plane, row, col) for every element of planes x rows x cols. A block is a tile of
+// (column, plane-row) pairs, plane-rows being all rows of all planes one after another, so
+// narrow images (7 x 7) still fill every block; grid-stride loops cover any size.
 template <typename F>
 __device__ __forceinline__ void for_each_pixel(int64_t planes, int64_t rows, int64_t cols, F f) {
-  for (int64_t plane = blockIdx.z; plane < planes; plane += gridDim.z) {
-    for (int64_t row = blockIdx.y * int64_t(blockDim.y) + threadIdx.y; row < rows; row += int64_t(gridDim.y) * blockDim.y) {
-      for (int64_t col = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; col < cols;
-           col += int64_t(gridDim.x) * blockDim.x) {
-        f(plane, row, col);
-      }
+  const int64_t plane_rows = planes * rows;
+  for (int64_t pr = blockIdx.y * int64_t(blockDim.y) + threadIdx.y; pr < plane_rows; pr += int64_t(gridDim.y) * blockDim.y) {
+    const int64_t plane = pr / rows, row = pr % rows;
+    for (int64_t col = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; col < cols; col += int64_t(gridDim.x) * blockDim.x) {
+      f(plane, row, col);
     }
   }
 }
 
-dim3 pixel_grid(int64_t planes, int64_t rows, int64_t cols) {
-  return dim3(
-      static_cast<unsigned>(ceil_div(cols, kTileCols)),
-      static_cast<unsigned>(std::min(ceil_div(rows, kTileRows), kMaxGridYZ)),
-      static_cast<unsigned>(std::min(planes, kMaxGridYZ)));
-}
+// A tile as wide as the image (rounded up to a power of two, at most a warp) and as tall
+// as the thread count allows, and the grid of such tiles.
+struct PixelLaunch {
+  dim3 grid, block;
+  PixelLaunch(int64_t planes, int64_t rows, int64_t cols) {
+    int tile_cols = 1;
+    while (tile_cols < 32 && tile_cols < cols) tile_cols *= 2;
+    const int tile_rows = kThreads / tile_cols;
+    block = dim3(tile_cols, tile_rows);
+    grid = dim3(
+        static_cast<unsigned>(std::min<int64_t>(ceil_div(cols, tile_cols), int64_t(1) << 30)),
+        static_cast<unsigned>(std::min(ceil_div(planes * rows, tile_rows), kMaxGridY)));
+  }
+};
 
 template <typename scalar_t, Combine M>
 __global__ void forward_kernel(
@@ -166,8 +175,8 @@ at::Tensor ddf_cuda(
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   dispatch(input.scalar_type(), parse_combine(combine), [&](auto tag, auto m) {
     using scalar_t = decltype(tag);
-    forward_kernel<scalar_t, decltype(m)::value>
-        <<<pixel_grid(g.B * g.C, g.Ho, g.Wo), dim3(kTileCols, kTileRows), 0, stream>>>(
+    const PixelLaunch launch(g.B * g.C, g.Ho, g.Wo);
+    forward_kernel<scalar_t, decltype(m)::value><<<launch.grid, launch.block, 0, stream>>>(
             in<scalar_t>(input), strides_of(input), in<scalar_t>(channel_filter), strides_of(channel_filter),
             in<scalar_t>(spatial_filter), strides_of(spatial_filter), out.mutable_data_ptr<scalar_t>(),
             strides_of(out), g);
@@ -191,20 +200,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ddf_backward_cuda(
   const c10::cuda::CUDAGuard device_guard(input.device());
   auto [grad_in, grad_cf, grad_sf] = ddf_empty_grads(sizes, input, channel_filter, spatial_filter, output_mask);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const dim3 tile(kTileCols, kTileRows);
   dispatch(input.scalar_type(), parse_combine(combine), [&](auto tag, auto m) {
     using scalar_t = decltype(tag);
     constexpr Combine M = decltype(m)::value;
     const Strides4 gos = strides_of(grad_output), xs = strides_of(input), cs = strides_of(channel_filter),
                    ss = strides_of(spatial_filter);
     if (grad_in.defined() && grad_in.numel() > 0) {
-      grad_input_kernel<scalar_t, M><<<pixel_grid(g.B * g.C, g.H, g.W), tile, 0, stream>>>(
+      const PixelLaunch launch(g.B * g.C, g.H, g.W);
+      grad_input_kernel<scalar_t, M><<<launch.grid, launch.block, 0, stream>>>(
           in<scalar_t>(grad_output), gos, in<scalar_t>(channel_filter), cs, in<scalar_t>(spatial_filter), ss,
           grad_in.mutable_data_ptr<scalar_t>(), strides_of(grad_in), g);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     if (grad_sf.defined() && grad_sf.numel() > 0) {
-      grad_spatial_kernel<scalar_t, M><<<pixel_grid(g.B * g.G * g.taps(), g.Ho, g.Wo), tile, 0, stream>>>(
+      const PixelLaunch launch(g.B * g.G * g.taps(), g.Ho, g.Wo);
+      grad_spatial_kernel<scalar_t, M><<<launch.grid, launch.block, 0, stream>>>(
           in<scalar_t>(grad_output), gos, in<scalar_t>(input), xs, in<scalar_t>(channel_filter), cs,
           grad_sf.mutable_data_ptr<scalar_t>(), strides_of(grad_sf), g);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
