@@ -17,7 +17,6 @@
 // whatever the bands and threads; the one sum that spans bands (a channel-filter gradient
 // sums per-band partials, in band order) uses bands that depend on the shape only. So
 // results are bitwise reproducible, across thread counts too.
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
@@ -28,20 +27,12 @@
 #include <vector>
 
 #include "../ddf_checks.h"
+#include "../ddf_kernel_dispatch.h"
 #include "ddf_cpu_taps.h"
 
 namespace ddf {
 namespace cpu {
 namespace {
-
-template <typename scalar_t>
-struct AccType {
-  using type = float;  // float32, float16 and bfloat16 accumulate in float32
-};
-template <>
-struct AccType<double> {
-  using type = double;
-};
 
 // Tasks per call to aim for in the filter-gradient pass. A constant, not the thread
 // count: its channel-filter gradient sums per-band partials, so its bands must not depend
@@ -104,10 +95,14 @@ DDF_CPU_CLONES void convert_row_out(const acc_t* src, int64_t n, scalar_t* dst, 
   for (int64_t i = 0; i < n; ++i) dst[i * stride] = static_cast<scalar_t>(src[i]);
 }
 
+// Rows shorter than this are copied by the inline loops: a memcpy call costs more than
+// the copy (7 x 7 images have 28-byte rows).
+constexpr int64_t kMemcpyBytes = 256;
+
 template <typename scalar_t, typename acc_t>
 void load_row(const scalar_t* src, int64_t stride, int64_t n, acc_t* dst) {
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    if (stride == 1) {
+    if (stride == 1 && n * int64_t(sizeof(acc_t)) >= kMemcpyBytes) {
       std::memcpy(dst, src, n * sizeof(acc_t));
       return;
     }
@@ -118,7 +113,7 @@ void load_row(const scalar_t* src, int64_t stride, int64_t n, acc_t* dst) {
 template <typename scalar_t, typename acc_t>
 void store_row(const acc_t* src, int64_t n, scalar_t* dst, int64_t stride) {
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    if (stride == 1) {
+    if (stride == 1 && n * int64_t(sizeof(acc_t)) >= kMemcpyBytes) {
       std::memcpy(dst, src, n * sizeof(acc_t));
       return;
     }
@@ -495,18 +490,7 @@ void input_grad_kernel(
 }
 
 // ---------------------------------------------------------------------------------------
-// Dispatch on dtype and combine.
-
-template <typename F>
-void dispatch(at::ScalarType dtype, Combine combine, F&& f) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "ddf_cpu", [&] {
-    if (combine == Combine::Mul) {
-      f(scalar_t(), std::integral_constant<Combine, Combine::Mul>());
-    } else {
-      f(scalar_t(), std::integral_constant<Combine, Combine::Add>());
-    }
-  });
-}
+// The op entry points: checks, allocation, dispatch on dtype and combine.
 
 at::Tensor ddf_cpu(
     const at::Tensor& input,
@@ -519,7 +503,7 @@ at::Tensor ddf_cpu(
   const Geometry g = concrete_geometry(sizes, stride, dilation);
   at::Tensor out = ddf_empty_output(sizes, input);
   if (out.numel() == 0) return out;
-  dispatch(input.scalar_type(), parse_combine(combine), [&](auto tag, auto m) {
+  dispatch_dtype_and_combine(input.scalar_type(), parse_combine(combine), [&](auto tag, auto m) {
     forward_kernel<decltype(tag), decltype(m)::value>(input, channel_filter, spatial_filter, out, g);
   });
   return out;
@@ -545,7 +529,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ddf_backward_cpu(
     }
     return {grad_in, grad_cf, grad_sf};
   }
-  dispatch(input.scalar_type(), parse_combine(combine), [&](auto tag, auto m) {
+  dispatch_dtype_and_combine(input.scalar_type(), parse_combine(combine), [&](auto tag, auto m) {
     using scalar_t = decltype(tag);
     constexpr Combine M = decltype(m)::value;
     if (grad_cf.defined() || grad_sf.defined()) {

@@ -12,7 +12,6 @@
 // Consecutive threads take consecutive columns (coalesced for NCHW), blocks tile the rows
 // of all planes (see for_each_pixel). Any strides are accepted (channels_last, slices,
 // stride-0 expansions); offsets are 64-bit.
-#include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -22,20 +21,12 @@
 #include <algorithm>
 
 #include "../ddf_checks.h"
+#include "../ddf_kernel_dispatch.h"
 #include "../ddf_elementwise.h"
 
 namespace ddf {
 namespace cuda {
 namespace {
-
-template <typename scalar_t>
-struct AccType {
-  using type = float;  // float32, float16 and bfloat16 accumulate in float32
-};
-template <>
-struct AccType<double> {
-  using type = double;
-};
 
 constexpr int kThreads = 256;
 constexpr int kReduceThreads = 256;
@@ -144,17 +135,6 @@ __global__ void __launch_bounds__(kReduceThreads) grad_channel_kernel(
   }
 }
 
-template <typename F>
-void dispatch(at::ScalarType dtype, Combine combine, F&& f) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "ddf_cuda", [&] {
-    if (combine == Combine::Mul) {
-      f(scalar_t(), std::integral_constant<Combine, Combine::Mul>());
-    } else {
-      f(scalar_t(), std::integral_constant<Combine, Combine::Add>());
-    }
-  });
-}
-
 template <typename scalar_t>
 const scalar_t* in(const at::Tensor& t) {
   return t.const_data_ptr<scalar_t>();
@@ -173,7 +153,7 @@ at::Tensor ddf_cuda(
   at::Tensor out = ddf_empty_output(sizes, input);
   if (out.numel() == 0) return out;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  dispatch(input.scalar_type(), parse_combine(combine), [&](auto tag, auto m) {
+  dispatch_dtype_and_combine(input.scalar_type(), parse_combine(combine), [&](auto tag, auto m) {
     using scalar_t = decltype(tag);
     const PixelLaunch launch(g.B * g.C, g.Ho, g.Wo);
     forward_kernel<scalar_t, decltype(m)::value><<<launch.grid, launch.block, 0, stream>>>(
@@ -200,7 +180,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ddf_backward_cuda(
   const c10::cuda::CUDAGuard device_guard(input.device());
   auto [grad_in, grad_cf, grad_sf] = ddf_empty_grads(sizes, input, channel_filter, spatial_filter, output_mask);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  dispatch(input.scalar_type(), parse_combine(combine), [&](auto tag, auto m) {
+  dispatch_dtype_and_combine(input.scalar_type(), parse_combine(combine), [&](auto tag, auto m) {
     using scalar_t = decltype(tag);
     constexpr Combine M = decltype(m)::value;
     const Strides4 gos = strides_of(grad_output), xs = strides_of(input), cs = strides_of(channel_filter),
