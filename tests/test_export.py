@@ -72,3 +72,21 @@ def forward(self, x, cf, sf):
             )
             subprocess.run([sys.executable, "-c", script], check=True)
             torch.testing.assert_close(torch.load(f"{tmp}/out.pt"), expected, rtol=0, atol=0)
+
+
+def test_aot_inductor_package():
+    """AOTInductor: the exported graph compiles to a package whose ddf call goes through
+    the dispatcher to the library's kernel (dynamic batch)."""
+
+    class Block(torch.nn.Module):
+        def forward(self, x, cf, sf):
+            return ddf_ops.ddf(x, cf, sf, 2, 1, "mul").relu()
+
+    B = Dim("B")
+    args = make_inputs(2, 4, 9, 10, stride=2, dtype=torch.float32)
+    ep = torch.export.export(Block(), args, dynamic_shapes=({0: B}, {0: B}, {0: B}))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = torch._inductor.aoti_compile_and_package(ep, package_path=f"{tmp}/block.pt2")
+        runner = torch._inductor.aoti_load_package(path)
+        other = make_inputs(3, 4, 9, 10, stride=2, dtype=torch.float32, seed=3)
+        torch.testing.assert_close(runner(*other), Block()(*other))
