@@ -54,7 +54,9 @@ def test_demo_help_lists_the_options(capsys):
         assert option in help_text
 
 
-@pytest.mark.parametrize("options", [["--batch-size", "0"], ["--layers", "1", "1", "0", "1"], ["--train-batch-size", "1"]])
+@pytest.mark.parametrize(
+    "options", [["--batch-size", "0"], ["--layers", "1", "1", "0", "1"], ["--train-batch-size", "1"]]
+)
 def test_demo_rejects_bad_options(options, capsys):
     with pytest.raises(SystemExit) as exit_info:
         parse_args(options)

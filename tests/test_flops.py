@@ -28,7 +28,9 @@ def test_forward_formula(combine, stride, Ho, Wo):
     assert counts == {DDF: 3 * k * k * B * C * Ho * Wo}
 
 
-@pytest.mark.parametrize("needs_grad, gradients", [((True, False, False), 1), ((True, False, True), 2), ((True,) * 3, 3)])
+@pytest.mark.parametrize(
+    "needs_grad, gradients", [((True, False, False), 1), ((True, False, True), 2), ((True,) * 3, 3)]
+)
 def test_backward_formula_counts_each_requested_gradient(needs_grad, gradients):
     B, C, k, Ho, Wo = 2, 6, 5, 4, 5
     x, cf, sf = (

@@ -29,7 +29,8 @@ def normalize_filters(filters, num_filters, k, scale):
 def spatial_filter(convs, x, k, head, nonlinearity, stride=1):
     """``convs``: the 1x1 conv of the spatial branch, optionally preceded by a depth-wise conv."""
     for conv in convs:
-        x = F.conv2d(x, conv.weight, conv.bias, conv.stride if conv.groups > 1 else stride, conv.padding, 1, conv.groups)
+        conv_stride = conv.stride if conv.groups > 1 else stride  # only the 1x1 conv carries the DDF's stride
+        x = F.conv2d(x, conv.weight, conv.bias, conv_stride, conv.padding, 1, conv.groups)
     return normalize_filters(x, head, k, calculate_gain(nonlinearity) / k)
 
 
@@ -62,7 +63,8 @@ def ddf_up_expected(m, x, joint_x=None):
 
 
 def conv_output_size(x, k, stride, dilation):
-    return F.conv2d(x, x.new_zeros(x.shape[1], 1, k, k), None, stride, dilation * (k - 1) // 2, dilation, x.shape[1]).shape
+    weight = x.new_zeros(x.shape[1], 1, k, k)
+    return F.conv2d(x, weight, None, stride, dilation * (k - 1) // 2, dilation, x.shape[1]).shape
 
 
 def assert_every_parameter_gets_a_gradient(module):

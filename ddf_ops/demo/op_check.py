@@ -38,6 +38,7 @@ def check_op(device: torch.device) -> bool:
         errors = [(a - b).abs().max().item() for a, b in zip(ours, expected)]
         out_err, grad_err = errors[0], max(errors[1:])
         ok &= max(errors) < TOLERANCE
-        print(f"  {B:2d} {C:2d} {H:3d} {W:3d} {k:2d} {G:2d} {s:2d} {d:2d}  {combine:7s}   {out_err:11.1e}   {grad_err:11.1e}")
+        config = f"{B:2d} {C:2d} {H:3d} {W:3d} {k:2d} {G:2d} {s:2d} {d:2d}  {combine:7s}"
+        print(f"  {config}   {out_err:11.1e}   {grad_err:11.1e}")
     print(f"   {'all within' if ok else 'NOT all within'} {TOLERANCE:.0e} of the reference")
     return ok

@@ -2,14 +2,16 @@
 
 The paper (Zhou et al., CVPR 2021, Table 1) counted multiply-accumulates with thop and called
 them FLOPs; FlopCounterMode counts 2 FLOPs per multiply-accumulate, so our GFLOPs are halved
-(GMACs) for the comparison. What remains differs for two small reasons, both below the
-paper's 0.1G rounding:
+(GMACs) for the comparison. What remains differs for two small reasons:
 
-- thop also counts batch norm (2 per element: about +0.02G for the ResNet-50s, +0.03G for
-  the ResNet-101s), which FlopCounterMode skips;
+- thop also counts batch norm (2 per element: +0.022G for the ResNet-50s, +0.032G for the
+  ResNet-101s), which FlopCounterMode skips. This is why DDF-ResNet-101 shows 4.04 here
+  against the paper's 4.1 (4.04 + 0.03 = 4.07);
 - thop does not see the ddf op (a custom autograd Function in the official code), which our
-  formula counts (3 FLOPs per tap per output element, see ``ddf_ops.flops``): 0.04 GFLOPs in
-  DDF-ResNet-50. Nearly all of a DDF-ResNet's cost is its 1x1 convs.
+  formula counts (3 FLOPs per tap per output element, see ``ddf_ops.flops``): 0.037 GFLOPs
+  in DDF-ResNet-50. Nearly all of a DDF-ResNet's cost is its 1x1 convs.
+
+Parameters need no such care: ours round to the paper's numbers.
 """
 
 import torch
@@ -40,7 +42,8 @@ def print_table() -> bool:
             params = count_parameters(build()) / 1e6
         gflops = count_flops(build, 224) / 1e9
         ok &= round(params, 1) == paper_params and abs(gflops / 2 - paper_gmacs) <= GMACS_TOLERANCE
-        print(f"   {name:15s}  {params:9.4f}  {paper_params:5.1f}   {gflops:7.3f}      {gflops / 2:6.3f}  {paper_gmacs:4.1f}")
+        counts = f"{params:9.4f}  {paper_params:5.1f}   {gflops:7.3f}      {gflops / 2:6.3f}  {paper_gmacs:4.1f}"
+        print(f"   {name:15s}  {counts}")
     print("   (DDF rows: combine='mul'; 'add' has the same counts.) FlopCounterMode counts 2 FLOPs per")
     print("   multiply-accumulate and no batch norm; thop counted MACs, batch norm, and not the ddf op.")
     return ok

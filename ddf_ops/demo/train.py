@@ -5,6 +5,8 @@ and every sample is a fresh draw of ``template + noise``, so the loss can only f
 network learns to tell the templates apart.
 """
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -53,6 +55,9 @@ def train(model: nn.Module, name: str, steps: int, batch_size: int, image_size: 
     window = max(1, steps // 5)
     first, last = sum(losses[:window]) / window, sum(losses[-window:]) / window
     fell = last < first
-    print(f"   mean loss of the first {window} steps {first:.3f} -> last {window} steps {last:.3f} "
-          f"({'falling' if fell else 'NOT falling'}; chance level ln {NUM_CLASSES} = {torch.tensor(NUM_CLASSES).log():.3f})")
+    verdict = "falling" if fell else "NOT falling"
+    print(
+        f"   mean loss of the first {window} steps {first:.3f} -> last {window} steps {last:.3f} "
+        f"({verdict}; chance level ln {NUM_CLASSES} = {math.log(NUM_CLASSES):.3f})"
+    )
     return fell
