@@ -13,3 +13,4 @@ from .functional import ddf  # noqa: E402
 
 __all__ = ["ddf", "has_cuda_kernels", "library_path", "reference"]
 __version__ = "0.1.0"
+from . import flops, models, nn  # noqa: E402,F401  (FLOP formulas; ddf_ops.nn, ddf_ops.models)

@@ -1,0 +1,146 @@
+"""ResNet-50/101 and their DDF versions, from one piece of code.
+
+The plain ResNet is torchvision's (ResNet v1.5: the stride sits on the 3x3 conv of the
+bottleneck), with the same module names and initialization; ``resnet50()`` has exactly
+25,557,032 parameters. The DDF-ResNets (Zhou et al., CVPR 2021, official code: timm's ResNet
+with the bottleneck's ``conv2`` replaced) swap the 3x3 conv of *every* bottleneck for a
+:class:`~ddf_ops.nn.DDFPack` with the same stride; nothing else changes.
+"""
+
+from collections.abc import Callable
+from functools import partial
+
+from torch import Tensor, nn
+
+from ..nn import DDFPack
+from ..nn._checks import COMBINES, check_choice, check_int
+from ..nn._reset import reset_leaves
+
+# Builds the bottleneck's spatial (3x3) layer from (width, stride): width channels in and out.
+SpatialLayer = Callable[[int, int], nn.Module]
+
+STAGE_PLANES = (64, 128, 256, 512)
+RESNET50_LAYERS = (3, 4, 6, 3)
+RESNET101_LAYERS = (3, 4, 23, 3)
+
+
+def conv3x3(width: int, stride: int) -> nn.Conv2d:
+    return nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+
+
+def ddf3x3(width: int, stride: int, combine: str) -> DDFPack:
+    return DDFPack(width, kernel_size=3, stride=stride, combine=combine)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce -> spatial layer (3x3 conv or DDF, carrying the stride) -> 1x1 expand, + shortcut."""
+
+    expansion = 4
+
+    def __init__(self, in_channels: int, planes: int, stride: int, spatial_layer: SpatialLayer):
+        super().__init__()
+        out_channels = planes * self.expansion
+        self.conv1 = nn.Conv2d(in_channels, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = spatial_layer(planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out_channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + shortcut)
+
+
+class ResNet(nn.Module):
+    """Bottleneck ResNet for 3-channel images: 7x7/2 stem, max pool, four stages, pool, fc.
+
+    Args:
+        layers: bottlenecks per stage, e.g. ``(3, 4, 6, 3)`` for ResNet-50.
+        spatial_layer: builds each bottleneck's 3x3 layer from ``(width, stride)``.
+        num_classes: outputs of the final fully connected layer.
+        zero_init_residual: start each residual branch at zero (``bn3.weight = 0``), as
+            torchvision's option of the same name.
+    """
+
+    def __init__(
+        self,
+        layers: tuple[int, ...],
+        spatial_layer: SpatialLayer = conv3x3,
+        num_classes: int = 1000,
+        zero_init_residual: bool = False,
+    ):
+        super().__init__()
+        if len(layers) != len(STAGE_PLANES) or any(not isinstance(n, int) or n < 1 for n in layers):
+            raise ValueError(f"layers must be {len(STAGE_PLANES)} positive block counts, got {layers!r}")
+        check_int("num_classes", num_classes)
+        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        in_channels = 64
+        for index, (planes, blocks) in enumerate(zip(STAGE_PLANES, layers)):
+            stage = []
+            for block in range(blocks):
+                stride = 2 if index > 0 and block == 0 else 1
+                stage.append(Bottleneck(in_channels, planes, stride, spatial_layer))
+                in_channels = planes * Bottleneck.expansion
+            setattr(self, f"layer{index + 1}", nn.Sequential(*stage))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_channels, num_classes)
+        self.zero_init_residual = zero_init_residual
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """torchvision's initialization (which timm, and so the official DDF code, shares):
+        He-normal (fan_out) for every conv, the DDF branches' included; BN to identity."""
+        reset_leaves(self)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        if self.zero_init_residual:
+            for module in self.modules():
+                if isinstance(module, Bottleneck):
+                    nn.init.zeros_(module.bn3.weight)
+
+    def features(self, x: Tensor) -> Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.avgpool(self.features(x)).flatten(1))
+
+
+def ddf_resnet(layers: tuple[int, ...], combine: str = "mul", num_classes: int = 1000, **kwargs) -> ResNet:
+    """A DDF-ResNet with any number of bottlenecks per stage (``ResNet`` keyword arguments pass through)."""
+    check_choice("combine", combine, COMBINES)
+    return ResNet(layers, partial(ddf3x3, combine=combine), num_classes, **kwargs)
+
+
+def resnet50(num_classes: int = 1000, **kwargs) -> ResNet:
+    """ResNet-50 (torchvision structure; 25,557,032 parameters with 1000 classes)."""
+    return ResNet(RESNET50_LAYERS, conv3x3, num_classes, **kwargs)
+
+
+def resnet101(num_classes: int = 1000, **kwargs) -> ResNet:
+    """ResNet-101 (torchvision structure; 44,549,160 parameters with 1000 classes)."""
+    return ResNet(RESNET101_LAYERS, conv3x3, num_classes, **kwargs)
+
+
+def ddf_resnet50(combine: str = "mul", num_classes: int = 1000, **kwargs) -> ResNet:
+    """DDF-ResNet-50: every bottleneck's 3x3 conv is a DDFPack (16.8M parameters)."""
+    return ddf_resnet(RESNET50_LAYERS, combine, num_classes, **kwargs)
+
+
+def ddf_resnet101(combine: str = "mul", num_classes: int = 1000, **kwargs) -> ResNet:
+    """DDF-ResNet-101: every bottleneck's 3x3 conv is a DDFPack (28.1M parameters)."""
+    return ddf_resnet(RESNET101_LAYERS, combine, num_classes, **kwargs)
