@@ -13,11 +13,11 @@ TORCH_LIBRARY(ddf, m) {
   m.def(
       "ddf(Tensor input, Tensor channel_filter, Tensor spatial_filter, int stride=1, int dilation=1, "
       "str combine=\"mul\") -> Tensor",
-      {at::Tag::pt2_compliant_tag});
+      {at::Tag::pt2_compliant_tag, at::Tag::flexible_layout});
   // Gradients with respect to (input, channel_filter, spatial_filter). An entry whose
   // output_mask is false is not computed and comes back undefined (None in Python).
   m.def(
       "ddf_backward(Tensor grad_output, Tensor input, Tensor channel_filter, Tensor spatial_filter, "
       "int stride, int dilation, str combine, bool[3] output_mask) -> (Tensor, Tensor, Tensor)",
-      {at::Tag::pt2_compliant_tag});
+      {at::Tag::pt2_compliant_tag, at::Tag::flexible_layout});
 }

@@ -329,3 +329,23 @@ def test_modules_export_with_dynamic_batch_and_size(module, inputs, other_inputs
     program = torch.export.export(module, inputs, dynamic_shapes=tuple(dims for _ in inputs))
     assert any(node.target == torch.ops.ddf.ddf.default for node in program.graph.nodes)
     torch.testing.assert_close(program.module()(*other_inputs), module(*other_inputs))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_ddf_pack_dynamic_shapes_inference_compiles_once(stride):
+    """Inference over three batch and image sizes: one compilation. Two PyTorch behaviours
+    would recompile any CPU conv net whose image size changes (plain F.conv2d included), so
+    they are kept out: Inductor's conv layout optimization (it turns conv outputs
+    channels_last with strides fixed at the first size; switched off here) and, in
+    training, Inductor's lowering of convolution_backward (it guards conv sizes to ints)."""
+    torch._dynamo.reset()
+    m = DDFPack(8, stride=stride, head=2)
+    compiled = torch.compile(m, fullgraph=True, dynamic=True)
+    with (
+        torch._inductor.config.patch(layout_optimization=False),
+        torch._dynamo.config.patch(error_on_recompile=True),
+        torch.no_grad(),
+    ):
+        for B, H, W in [(2, 11, 13), (3, 17, 14), (5, 23, 19)]:
+            x = torch.randn(B, 8, H, W)
+            torch.testing.assert_close(compiled(x), m(x), rtol=1e-4, atol=1e-5)
