@@ -22,7 +22,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -83,42 +82,36 @@ struct Layout {
   }
 };
 
-// Strided rows in and out of the acc_t buffers. A plain copy where the types match and
-// the row is contiguous; otherwise a conversion loop, built per instruction set.
-template <typename scalar_t, typename acc_t>
-DDF_CPU_CLONES void convert_row(const scalar_t* src, int64_t stride, int64_t n, acc_t* dst) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<acc_t>(src[i * stride]);
-}
+// GCC turns a plain copy loop into a memcpy call, which costs more than the copy for the
+// short rows of small images (7 x 7: 28 bytes).
+#if defined(__GNUC__) && !defined(__clang__)
+#define DDF_NO_MEMCPY_CALLS __attribute__((optimize("no-tree-loop-distribute-patterns")))
+#else
+#define DDF_NO_MEMCPY_CALLS
+#endif
 
-template <typename scalar_t, typename acc_t>
-DDF_CPU_CLONES void convert_row_out(const acc_t* src, int64_t n, scalar_t* dst, int64_t stride) {
-  for (int64_t i = 0; i < n; ++i) dst[i * stride] = static_cast<scalar_t>(src[i]);
-}
-
-// Rows shorter than this are copied by the inline loops: a memcpy call costs more than
-// the copy (7 x 7 images have 28-byte rows).
-constexpr int64_t kMemcpyBytes = 256;
-
-template <typename scalar_t, typename acc_t>
-void load_row(const scalar_t* src, int64_t stride, int64_t n, acc_t* dst) {
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    if (stride == 1 && n * int64_t(sizeof(acc_t)) >= kMemcpyBytes) {
-      std::memcpy(dst, src, n * sizeof(acc_t));
-      return;
+// A block of rows in or out of the acc_t buffers, converting the type:
+//   dst[r*dst_rs + c*dst_cs] = src[r*src_rs + c*src_cs]   for r < rows, c < cols.
+// One call per plane, not per row; vectorized per instruction set where rows are contiguous.
+template <typename S, typename D>
+DDF_CPU_CLONES DDF_NO_MEMCPY_CALLS void copy_block(
+    const S* src,
+    int64_t src_rs,
+    int64_t src_cs,
+    D* dst,
+    int64_t dst_rs,
+    int64_t dst_cs,
+    int64_t rows,
+    int64_t cols) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const S* from = src + r * src_rs;
+    D* to = dst + r * dst_rs;
+    if (src_cs == 1 && dst_cs == 1) {
+      for (int64_t c = 0; c < cols; ++c) to[c] = static_cast<D>(from[c]);
+    } else {
+      for (int64_t c = 0; c < cols; ++c) to[c * dst_cs] = static_cast<D>(from[c * src_cs]);
     }
   }
-  convert_row(src, stride, n, dst);
-}
-
-template <typename scalar_t, typename acc_t>
-void store_row(const acc_t* src, int64_t n, scalar_t* dst, int64_t stride) {
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    if (stride == 1 && n * int64_t(sizeof(acc_t)) >= kMemcpyBytes) {
-      std::memcpy(dst, src, n * sizeof(acc_t));
-      return;
-    }
-  }
-  convert_row_out(src, n, dst, stride);
 }
 
 // An output-sized plane (grad_output, or one spatial-filter channel) as flat rows:
@@ -136,9 +129,9 @@ void load_output_rows(
     int64_t row0,
     int64_t rows,
     int64_t L) {
-  for (int64_t y = std::max<int64_t>(row0, 0); y < std::min(row0 + rows, g.Ho); ++y) {
-    load_row(plane + y * stride_h, stride_w, g.Wo, dst + (y - row0) * L);
-  }
+  const int64_t y_lo = std::max<int64_t>(row0, 0), y_hi = std::min(row0 + rows, g.Ho);
+  if (y_hi <= y_lo) return;
+  copy_block(plane + y_lo * stride_h, stride_h, stride_w, dst + (y_lo - row0) * L, L, int64_t(1), y_hi - y_lo, g.Wo);
 }
 
 // The s*s phase planes of input rows for output rows y0.. of one channel:
@@ -162,11 +155,14 @@ void load_phase_planes(
       // Columns u whose input column u*s + pc - pad lies inside [0, W).
       const int64_t u_lo = std::min(L, std::max<int64_t>(0, ceil_div(pad - pc, s)));
       const int64_t u_hi = std::min(L, std::max(u_lo, ceil_div(g.W + pad - pc, s)));
-      for (int64_t t = 0; t < rows; ++t) {
-        const int64_t iy = (y0 + t) * s + pr - pad;
-        if (iy < 0 || iy >= g.H) continue;
-        load_row(plane + iy * st.h + (u_lo * s + pc - pad) * st.w, s * st.w, u_hi - u_lo, base + t * L + u_lo);
-      }
+      // Rows t whose input row (y0 + t)*s + pr - pad lies inside [0, H).
+      const int64_t t_lo = std::max<int64_t>(0, ceil_div(pad - pr, s) - y0);
+      const int64_t t_hi = std::min(rows, ceil_div(g.H + pad - pr, s) - y0);
+      if (t_hi <= t_lo || u_hi <= u_lo) continue;
+      const int64_t iy = (y0 + t_lo) * s + pr - pad;
+      copy_block(
+          plane + iy * st.h + (u_lo * s + pc - pad) * st.w, s * st.h, s * st.w, base + t_lo * L + u_lo, L, int64_t(1),
+          t_hi - t_lo, u_hi - u_lo);
     }
   }
 }
@@ -285,9 +281,7 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& cf, const at::Ten
         }
         apply_taps_block<M, acc_t>(cb, outs.data(), n, a.data(), w.data(), cfv.data(), kk);
         for (int64_t k = 0; k < cb; ++k) {
-          for (int64_t yy = 0; yy < ny; ++yy) {
-            store_row(outs[k] + yy * L, g.Wo, out_ptr + os.offset(task.b, c0 + k, y0 + yy, 0), os.w);
-          }
+          copy_block(outs[k], L, int64_t(1), out_ptr + os.offset(task.b, c0 + k, y0, 0), os.h, os.w, ny, g.Wo);
         }
       });
     }
@@ -371,9 +365,7 @@ void filter_grads_kernel(
         const Strides4 gs = strides_of(grad_sf);
         scalar_t* gs_ptr = grad_sf.mutable_data_ptr<scalar_t>();
         for (int64_t tap = 0; tap < kk; ++tap) {
-          for (int64_t yy = 0; yy < ny; ++yy) {
-            store_row(gsf[tap] + yy * L, g.Wo, gs_ptr + gs.offset(task.b, task.h * kk + tap, y0 + yy, 0), gs.w);
-          }
+          copy_block(gsf[tap], L, int64_t(1), gs_ptr + gs.offset(task.b, task.h * kk + tap, y0, 0), gs.h, gs.w, ny, g.Wo);
         }
       }
     }
@@ -472,15 +464,21 @@ void input_grad_kernel(
           apply_taps_block<M, acc_t>(cb, dst.data(), n, a.data(), w.data(), cm.data(), m_taps);
         }
         // Input column ix sits in phase plane column (ix + pad) % s at (ix + pad) / s.
+        // Input pixel (iy, ix) sits in phase plane ((iy + pad) % s, (ix + pad) % s) at row
+        // (iy + pad) / s, column (ix + pad) / s: each plane goes out as one strided block.
         for (int64_t k = 0; k < cb; ++k) {
-          for (int64_t iy = iy0; iy < iy1; ++iy) {
-            const int64_t pr = (iy + pad) % s, ry = (iy + pad) / s;
-            scalar_t* row = gi_ptr + gis.offset(task.b, c0 + k, iy, 0);
+          for (int64_t pr = 0; pr < s; ++pr) {
+            const int64_t iy_first = iy0 + ((pr - (iy0 + pad)) % s + s) % s;
+            if (iy_first >= iy1) continue;
+            const int64_t rows_out = ceil_div(iy1 - iy_first, s), ry_first = (iy_first + pad) / s;
             for (int64_t pc = 0; pc < s; ++pc) {
               const int64_t ix0 = ((pc - pad) % s + s) % s;
               if (ix0 >= g.W) continue;
-              const acc_t* src = g_buf.data() + k * g_size + (pr * s + pc) * g_plane + (ry - ry_lo[pr]) * L + (ix0 + pad) / s;
-              store_row(src, ceil_div(g.W - ix0, s), row + ix0 * gis.w, s * gis.w);
+              const acc_t* src =
+                  g_buf.data() + k * g_size + (pr * s + pc) * g_plane + (ry_first - ry_lo[pr]) * L + (ix0 + pad) / s;
+              copy_block(
+                  src, L, int64_t(1), gi_ptr + gis.offset(task.b, c0 + k, iy_first, ix0), s * gis.h, s * gis.w, rows_out,
+                  ceil_div(g.W - ix0, s));
             }
           }
         }

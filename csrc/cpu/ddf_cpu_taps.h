@@ -27,6 +27,11 @@ namespace cpu {
 
 // A 64-byte vector of acc_t (GCC/Clang vector extension): each target clone lowers its
 // arithmetic to that clone's instructions (one AVX-512 register, two AVX2, four SSE).
+// The helpers below are inlined into each clone, so the note GCC gives about the ABI of
+// passing such vectors between functions of different ISAs does not apply.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
 template <typename acc_t>
 struct Simd {
   typedef acc_t type __attribute__((vector_size(64)));
