@@ -4,7 +4,7 @@
 #include <ATen/autocast_mode.h>
 #include <torch/library.h>
 
-#include "../ddf_dispatch.h"
+#include "../ddf_op_calls.h"
 
 namespace ddf {
 namespace {

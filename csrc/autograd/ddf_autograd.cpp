@@ -22,7 +22,7 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
-#include "../ddf_dispatch.h"
+#include "../ddf_op_calls.h"
 
 namespace ddf {
 namespace {

@@ -26,7 +26,7 @@
 #include <vector>
 
 #include "../ddf_checks.h"
-#include "../ddf_kernel_dispatch.h"
+#include "../ddf_dtype_dispatch.h"
 #include "ddf_cpu_taps.h"
 
 namespace ddf {

@@ -10,7 +10,7 @@
 #include <cstdio>
 #include <string>
 
-#include "ddf_dispatch.h"
+#include "ddf_op_calls.h"
 #include "ddf_elementwise.h"
 
 namespace {
@@ -64,17 +64,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> elementwise(
     for (int64_t c = 0; c < g.C; ++c) {
       for (int64_t y = 0; y < g.Ho; ++y) {
         for (int64_t xo = 0; xo < g.Wo; ++xo) {
-          o[b][c][y][xo] = ddf::forward_element<M, double>(xp, xs, cfp, cs, sfp, ss, g, b, c, y, xo);
+          o[b][c][y][xo] = ddf::forward_element<M>(xp, xs, cfp, cs, sfp, ss, g, b, c, y, xo);
           for (int64_t i = 0; i < g.k; ++i) {
             for (int64_t j = 0; j < g.k; ++j) {
-              a_gcf[b][c][i][j] += ddf::grad_channel_term<M, double>(gop, gos, xp, xs, sfp, ss, g, b, c, i, j, y, xo);
+              a_gcf[b][c][i][j] += ddf::grad_channel_term<M>(gop, gos, xp, xs, sfp, ss, g, b, c, i, j, y, xo);
             }
           }
         }
       }
       for (int64_t iy = 0; iy < g.H; ++iy) {
         for (int64_t ix = 0; ix < g.W; ++ix) {
-          a_gi[b][c][iy][ix] = ddf::grad_input_element<M, double>(gop, gos, cfp, cs, sfp, ss, g, b, c, iy, ix);
+          a_gi[b][c][iy][ix] = ddf::grad_input_element<M>(gop, gos, cfp, cs, sfp, ss, g, b, c, iy, ix);
         }
       }
     }
@@ -84,7 +84,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> elementwise(
           for (int64_t y = 0; y < g.Ho; ++y) {
             for (int64_t xo = 0; xo < g.Wo; ++xo) {
               a_gsf[b][h * g.k * g.k + i * g.k + j][y][xo] =
-                  ddf::grad_spatial_element<M, double>(gop, gos, xp, xs, cfp, cs, g, b, h, i, j, y, xo);
+                  ddf::grad_spatial_element<M>(gop, gos, xp, xs, cfp, cs, g, b, h, i, j, y, xo);
             }
           }
         }

@@ -1,5 +1,6 @@
-// What the CPU and CUDA kernels share around their loops: the accumulation type of each
-// dtype, and the dispatch from (dtype, combine) at run time to a kernel template.
+// Dispatch on dtype: from (dtype, combine) at run time to a kernel template, for the CPU
+// kernels and the CUDA host glue. (Calls of the ops through the dispatcher are in
+// ddf_op_calls.h.)
 #pragma once
 
 #include <ATen/Dispatch.h>
@@ -7,18 +8,9 @@
 #include <type_traits>
 
 #include "ddf_geometry.h"
+#include "ddf_scalar.h"
 
 namespace ddf {
-
-// float32, float16 and bfloat16 accumulate in float32; float64 in float64.
-template <typename scalar_t>
-struct AccType {
-  using type = float;
-};
-template <>
-struct AccType<double> {
-  using type = double;
-};
 
 // Calls f(scalar_t{}, std::integral_constant<Combine, M>{}) for the dtype and combine.
 template <typename F>

@@ -1,0 +1,110 @@
+// The host side of the CUDA ops: argument checks, allocation, device guard, dtype dispatch,
+// then the launches of ddf_cuda_kernels.cuh.
+//
+// It is generic over a Backend, which says where kernels run:
+//   ddf_cuda.cu                        CudaBackend: CUDAGuard, the current stream, <<<>>>
+//   tests/cuda_emulation/ddf_emu_op.cpp the host emulator (a test-only op namespace)
+// so the emulated tests exercise this glue (layouts, masks, empty results) as well.
+// A Backend has:
+//   grid_limits()  -> cuda::GridLimits
+//   guard(tensor)  -> an object that holds the tensor's device current while it lives
+//   launcher()     -> a callable launch(kernel, grid, block, shared_bytes, args...)
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/string_view.h>
+
+#include <array>
+#include <tuple>
+
+#include "../ddf_checks.h"
+#include "../ddf_dtype_dispatch.h"
+#include "ddf_cuda_kernels.cuh"
+
+namespace ddf {
+namespace cuda {
+
+// The type the kernels store for each ATen dtype: the CUDA half types for c10's.
+template <typename T>
+struct DeviceScalar {
+  using type = T;
+};
+template <>
+struct DeviceScalar<c10::Half> {
+  using type = __half;
+};
+template <>
+struct DeviceScalar<c10::BFloat16> {
+  using type = __nv_bfloat16;
+};
+
+template <typename device_t>
+const device_t* data_of(const at::Tensor& t) {
+  return static_cast<const device_t*>(t.const_data_ptr());
+}
+
+// Null for a gradient that was not asked for.
+template <typename device_t>
+device_t* mutable_data_of(const at::Tensor& t) {
+  return t.defined() ? static_cast<device_t*>(t.mutable_data_ptr()) : nullptr;
+}
+
+inline Strides4 strides_or_zero(const at::Tensor& t) {
+  return t.defined() ? strides_of(t) : Strides4{0, 0, 0, 0};
+}
+
+template <typename Backend>
+at::Tensor ddf_forward(
+    const Backend& backend,
+    const at::Tensor& input,
+    const at::Tensor& channel_filter,
+    const at::Tensor& spatial_filter,
+    int64_t stride,
+    int64_t dilation,
+    c10::string_view combine) {
+  const SymSizes sizes = check_ddf_args(input, channel_filter, spatial_filter, stride, dilation, combine);
+  const Geometry g = concrete_geometry(sizes, stride, dilation);
+  const auto device_guard = backend.guard(input);
+  at::Tensor out = ddf_empty_output(sizes, input);
+  dispatch_dtype_and_combine(input.scalar_type(), parse_combine(combine), [&](auto tag, auto m) {
+    using scalar_t = typename DeviceScalar<decltype(tag)>::type;
+    static_assert(sizeof(scalar_t) == sizeof(decltype(tag)));
+    launch_forward<scalar_t, decltype(m)::value>(
+        backend.launcher(), backend.grid_limits(), data_of<scalar_t>(input), strides_of(input),
+        data_of<scalar_t>(channel_filter), strides_of(channel_filter), data_of<scalar_t>(spatial_filter),
+        strides_of(spatial_filter), mutable_data_of<scalar_t>(out), strides_of(out), g);
+  });
+  return out;
+}
+
+template <typename Backend>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ddf_backward(
+    const Backend& backend,
+    const at::Tensor& grad_output,
+    const at::Tensor& input,
+    const at::Tensor& channel_filter,
+    const at::Tensor& spatial_filter,
+    int64_t stride,
+    int64_t dilation,
+    c10::string_view combine,
+    std::array<bool, 3> output_mask) {
+  const SymSizes sizes =
+      check_ddf_backward_args(grad_output, input, channel_filter, spatial_filter, stride, dilation, combine);
+  const Geometry g = concrete_geometry(sizes, stride, dilation);
+  const auto device_guard = backend.guard(input);
+  auto [grad_in, grad_cf, grad_sf] = ddf_empty_grads(sizes, input, channel_filter, spatial_filter, output_mask);
+  dispatch_dtype_and_combine(input.scalar_type(), parse_combine(combine), [&](auto tag, auto m) {
+    using scalar_t = typename DeviceScalar<decltype(tag)>::type;
+    static_assert(sizeof(scalar_t) == sizeof(decltype(tag)));
+    launch_backward<scalar_t, decltype(m)::value>(
+        backend.launcher(), backend.grid_limits(), data_of<scalar_t>(grad_output), strides_of(grad_output),
+        data_of<scalar_t>(input), strides_of(input), data_of<scalar_t>(channel_filter), strides_of(channel_filter),
+        data_of<scalar_t>(spatial_filter), strides_of(spatial_filter), mutable_data_of<scalar_t>(grad_in),
+        strides_or_zero(grad_in), mutable_data_of<scalar_t>(grad_cf), strides_or_zero(grad_cf),
+        mutable_data_of<scalar_t>(grad_sf), strides_or_zero(grad_sf), g);
+  });
+  return {grad_in, grad_cf, grad_sf};
+}
+
+}  // namespace cuda
+}  // namespace ddf
