@@ -1,0 +1,365 @@
+// The CUDA kernels of csrc/cuda/ddf_cuda_kernels.cuh, run under the host emulator, against a
+// float64 reference written straight from the formula (DESIGN.md, section 1).
+//
+// Every result (output, grad_input, grad_channel_filter, grad_spatial_filter) is checked:
+//   - in every dtype (float64, float32, float16, bfloat16) with its tolerance;
+//   - for k in {1,3,5,7,9}, stride and dilation 1-3, heads {1, 2, C}, both combines;
+//   - for odd, even and tiny sizes, and B, C, H or W equal to 0;
+//   - for NCHW, channels_last, sliced (results written into views: the rest of their
+//     buffers must stay untouched) and stride-0 (expanded filters and grad_output) tensors;
+//   - with the normal grid and a shrunk grid (at most 2 blocks per dimension), so that every
+//     grid-stride loop takes several steps.
+// Results start as NaN, so an element no thread writes fails the comparison.
+//
+//   test_kernels [--subset]   --subset: a small set, for ThreadSanitizer
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cuda_emulation.h"
+// The kernels come after the emulator.
+#include "cuda/ddf_cuda_kernels.cuh"
+
+namespace {
+
+using ddf::Combine;
+using ddf::Geometry;
+using ddf::Strides4;
+
+enum class DType { F64, F32, F16, BF16 };
+enum class Layout { NCHW, ChannelsLast, Sliced, Expanded };
+
+const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::F64: return "float64";
+    case DType::F32: return "float32";
+    case DType::F16: return "float16";
+    default: return "bfloat16";
+  }
+}
+const char* layout_name(Layout l) {
+  switch (l) {
+    case Layout::NCHW: return "nchw";
+    case Layout::ChannelsLast: return "channels_last";
+    case Layout::Sliced: return "sliced";
+    default: return "expanded";
+  }
+}
+
+// Relative tolerance of each dtype against the float64 reference, scaled by the largest
+// reference value: float16/bfloat16 round the result once (accumulation is float32).
+double tolerance(DType t) {
+  switch (t) {
+    case DType::F64: return 1e-12;
+    case DType::F32: return 2e-5;
+    case DType::F16: return 2e-3;
+    default: return 1.6e-2;
+  }
+}
+
+struct Case {
+  int64_t B, C, H, W, k, G, stride, dilation;
+  Combine combine;
+  DType dtype = DType::F64;
+  Layout layout = Layout::NCHW;
+  bool shrunk_grid = false;
+  // grad_channel_filter is one block of 256 threads per (b, c, tap), each with 9 barriers:
+  // the slowest kernel to emulate (about 4 ms per tap and channel). Cases that skip it
+  // (output_mask false: a null pointer) still check the other three results.
+  bool grad_channel = true;
+
+  std::string name() const {
+    char buf[200];
+    std::snprintf(buf, sizeof(buf), "B=%ld C=%ld H=%ld W=%ld k=%ld G=%ld s=%ld d=%ld %s %s %s%s%s", long(B), long(C),
+                  long(H), long(W), long(k), long(G), long(stride), long(dilation),
+                  combine == Combine::Mul ? "mul" : "add", dtype_name(dtype), layout_name(layout),
+                  shrunk_grid ? " shrunk-grid" : "", grad_channel ? "" : " (no grad_channel)");
+    return buf;
+  }
+};
+
+// A 4-D tensor on the "device": typed storage, a view (offset + strides) into it, and the
+// float64 values of the view's elements after rounding to the storage type.
+template <typename T>
+struct Tensor4 {
+  int64_t size[4];
+  Strides4 strides;
+  int64_t offset = 0;
+  std::vector<T> storage;
+
+  T* data() { return storage.data() + offset; }
+  const T* data() const { return storage.data() + offset; }
+  int64_t numel() const { return size[0] * size[1] * size[2] * size[3]; }
+  int64_t index(int64_t a, int64_t b, int64_t c, int64_t d) const { return offset + strides.offset(a, b, c, d); }
+};
+
+template <typename T>
+T from_double(double v) {
+  return ddf::narrow<T>(static_cast<typename ddf::AccType<T>::type>(v));
+}
+template <typename T>
+double to_double(T v) {
+  return static_cast<double>(ddf::widen(v));
+}
+
+// A tensor of the given shape in a layout; `fill` gives each element's value (the sliced
+// layout's unused storage gets a sentinel instead, which must survive every kernel).
+// `expand_batch`: the Expanded layout repeats batch 0 with a stride of 0.
+template <typename T>
+Tensor4<T> make_tensor(const int64_t (&shape)[4], Layout layout, bool expand_batch, std::mt19937_64& rng, bool nan) {
+  Tensor4<T> t;
+  std::memcpy(t.size, shape, sizeof(shape));
+  const int64_t N = shape[0], C = shape[1], H = shape[2], W = shape[3];
+  int64_t storage_size = 0;
+  switch (layout) {
+    case Layout::NCHW:
+      t.strides = {C * H * W, H * W, W, 1};
+      storage_size = N * C * H * W;
+      break;
+    case Layout::ChannelsLast:
+      t.strides = {H * W * C, 1, W * C, C};
+      storage_size = N * C * H * W;
+      break;
+    case Layout::Sliced: {
+      // The view [1:, ::2, 2:2+H, 1::2] of a (N+1, 2C, H+3, 2W+1) buffer.
+      const int64_t C2 = 2 * C, H2 = H + 3, W2 = 2 * W + 1;
+      t.strides = {C2 * H2 * W2, 2 * H2 * W2, W2, 2};
+      t.offset = C2 * H2 * W2 + 2 * W2 + 1;
+      storage_size = (N + 1) * C2 * H2 * W2;
+      break;
+    }
+    case Layout::Expanded:
+      t.strides = {expand_batch ? 0 : C * H * W, H * W, W, 1};
+      storage_size = (expand_batch ? 1 : N) * C * H * W;
+      break;
+  }
+  std::normal_distribution<double> normal;
+  const T sentinel = from_double<T>(-1024.0);
+  t.storage.assign(static_cast<size_t>(storage_size), sentinel);
+  for (int64_t a = 0; a < N; ++a)
+    for (int64_t b = 0; b < C; ++b)
+      for (int64_t c = 0; c < H; ++c)
+        for (int64_t d = 0; d < W; ++d) {
+          // Random, never zero (a zero would hide a missing term).
+          double v = normal(rng);
+          if (std::abs(v) < 0.05) v += v < 0 ? -0.1 : 0.1;
+          t.storage[t.index(a, b, c, d)] = from_double<T>(nan ? NAN : v);
+        }
+  return t;
+}
+
+// A result tensor: every element NaN; for the sliced layout, the rest of the buffer holds
+// the sentinel -1024.
+template <typename T>
+Tensor4<T> make_result(const int64_t (&shape)[4], Layout layout, std::mt19937_64& rng) {
+  return make_tensor<T>(shape, layout == Layout::Expanded ? Layout::NCHW : layout, false, rng, true);
+}
+
+template <typename T>
+double value(const Tensor4<T>& t, int64_t a, int64_t b, int64_t c, int64_t d) {
+  return to_double(t.storage[t.index(a, b, c, d)]);
+}
+
+// The float64 reference, from the formula.
+struct Reference {
+  std::vector<double> out, gi, gcf, gsf;
+};
+
+template <typename T>
+Reference reference(const Case& c, const Geometry& g, const Tensor4<T>& x, const Tensor4<T>& cf, const Tensor4<T>& sf,
+                    const Tensor4<T>& go) {
+  Reference r;
+  r.out.assign(g.B * g.C * g.Ho * g.Wo, 0.0);
+  r.gi.assign(g.B * g.C * g.H * g.W, 0.0);
+  r.gcf.assign(g.B * g.C * g.k * g.k, 0.0);
+  r.gsf.assign(g.B * g.G * g.k * g.k * g.Ho * g.Wo, 0.0);
+  const int64_t r0 = (g.k - 1) / 2, cph = g.C / g.G;
+  for (int64_t b = 0; b < g.B; ++b)
+    for (int64_t ch = 0; ch < g.C; ++ch)
+      for (int64_t y = 0; y < g.Ho; ++y)
+        for (int64_t xo = 0; xo < g.Wo; ++xo)
+          for (int64_t i = 0; i < g.k; ++i)
+            for (int64_t j = 0; j < g.k; ++j) {
+              const int64_t iy = y * c.stride + (i - r0) * c.dilation, ix = xo * c.stride + (j - r0) * c.dilation;
+              if (iy < 0 || iy >= g.H || ix < 0 || ix >= g.W) continue;
+              const int64_t sfc = ch / cph * g.k * g.k + i * g.k + j;
+              const double xv = value(x, b, ch, iy, ix), a = value(cf, b, ch, i, j), s = value(sf, b, sfc, y, xo);
+              const double gov = value(go, b, ch, y, xo);
+              const bool mul = c.combine == Combine::Mul;
+              r.out[((b * g.C + ch) * g.Ho + y) * g.Wo + xo] += xv * (mul ? a * s : a + s);
+              r.gi[((b * g.C + ch) * g.H + iy) * g.W + ix] += gov * (mul ? a * s : a + s);
+              r.gcf[((b * g.C + ch) * g.k + i) * g.k + j] += gov * xv * (mul ? s : 1.0);
+              r.gsf[((b * g.G * g.k * g.k + sfc) * g.Ho + y) * g.Wo + xo] += gov * xv * (mul ? a : 1.0);
+            }
+  return r;
+}
+
+int failures = 0;
+
+// Compares a result with the reference (in NCHW order), and checks that the rest of its
+// buffer (sliced layout) still holds the sentinel.
+template <typename T>
+void compare(const Case& c, const char* what, const Tensor4<T>& got, const std::vector<double>& expected) {
+  double scale = 1.0;
+  for (double v : expected) scale = std::max(scale, std::abs(v));
+  const double tol = tolerance(c.dtype);
+  std::vector<bool> in_view(got.storage.size(), false);
+  int64_t n = 0;
+  for (int64_t a = 0; a < got.size[0]; ++a)
+    for (int64_t b = 0; b < got.size[1]; ++b)
+      for (int64_t y = 0; y < got.size[2]; ++y)
+        for (int64_t x = 0; x < got.size[3]; ++x, ++n) {
+          in_view[got.index(a, b, y, x)] = true;
+          const double v = value(got, a, b, y, x), e = expected[n];
+          const bool ok = std::isnan(e) ? std::isnan(v) : std::abs(v - e) <= tol * scale;
+          if (!ok) {
+            std::fprintf(stderr, "FAILED %s [%s]: at (%ld,%ld,%ld,%ld) got %.17g expected %.17g\n", what,
+                         c.name().c_str(), long(a), long(b), long(y), long(x), v, e);
+            ++failures;
+            return;
+          }
+        }
+  for (size_t i = 0; i < got.storage.size(); ++i) {
+    if (!in_view[i] && to_double(got.storage[i]) != -1024.0) {
+      std::fprintf(stderr, "FAILED %s [%s]: wrote storage element %zu outside its view\n", what, c.name().c_str(), i);
+      ++failures;
+      return;
+    }
+  }
+}
+
+template <typename T, Combine M>
+void run_case(const Case& c) {
+  const int64_t Ho = ddf::output_size(c.H, c.stride), Wo = ddf::output_size(c.W, c.stride), kk = c.k * c.k;
+  const Geometry g{c.B, c.C, c.H, c.W, c.k, c.G, Ho, Wo, c.stride, c.dilation};
+  std::mt19937_64 rng(std::hash<std::string>()(c.name()));
+  const bool expanded = c.layout == Layout::Expanded;
+  const auto x = make_tensor<T>({c.B, c.C, c.H, c.W}, c.layout, false, rng, false);
+  const auto cf = make_tensor<T>({c.B, c.C, c.k, c.k}, c.layout, expanded, rng, false);
+  const auto sf = make_tensor<T>({c.B, c.G * kk, Ho, Wo}, c.layout, expanded, rng, false);
+  // grad_output of out.sum() is an expansion with every stride 0; here the batch is.
+  const auto go = make_tensor<T>({c.B, c.C, Ho, Wo}, c.layout, expanded, rng, false);
+  auto out = make_result<T>({c.B, c.C, Ho, Wo}, c.layout, rng);
+  auto gi = make_result<T>({c.B, c.C, c.H, c.W}, c.layout, rng);
+  auto gcf = make_result<T>({c.B, c.C, c.k, c.k}, c.layout, rng);
+  auto gsf = make_result<T>({c.B, c.G * kk, Ho, Wo}, c.layout, rng);
+
+  ddf::cuda::GridLimits limits;
+  if (c.shrunk_grid) limits = {2, 2};
+  try {
+    ddf::cuda::launch_forward<T, M>(cuda_emu::Launcher(), limits, x.data(), x.strides, cf.data(), cf.strides, sf.data(),
+                                    sf.strides, out.data(), out.strides, g);
+    ddf::cuda::launch_backward<T, M>(cuda_emu::Launcher(), limits, go.data(), go.strides, x.data(), x.strides,
+                                     cf.data(), cf.strides, sf.data(), sf.strides, gi.data(), gi.strides,
+                                     c.grad_channel ? gcf.data() : nullptr, gcf.strides, gsf.data(), gsf.strides, g);
+  } catch (const cuda_emu::Fault& e) {
+    std::fprintf(stderr, "FAILED [%s]: emulator fault: %s\n", c.name().c_str(), e.what());
+    ++failures;
+    return;
+  }
+  const Reference r = reference(c, g, x, cf, sf, go);
+  compare(c, "output", out, r.out);
+  compare(c, "grad_input", gi, r.gi);
+  if (c.grad_channel) {
+    compare(c, "grad_channel_filter", gcf, r.gcf);
+  } else {
+    compare(c, "grad_channel_filter (not requested: untouched)", gcf, std::vector<double>(r.gcf.size(), NAN));
+  }
+  compare(c, "grad_spatial_filter", gsf, r.gsf);
+}
+
+template <typename T>
+void run_case_t(const Case& c) {
+  if (c.combine == Combine::Mul) {
+    run_case<T, Combine::Mul>(c);
+  } else {
+    run_case<T, Combine::Add>(c);
+  }
+}
+
+void run(const Case& c) {
+  switch (c.dtype) {
+    case DType::F64: return run_case_t<double>(c);
+    case DType::F32: return run_case_t<float>(c);
+    case DType::F16: return run_case_t<__half>(c);
+    case DType::BF16: return run_case_t<__nv_bfloat16>(c);
+  }
+}
+
+std::vector<Case> all_cases(bool subset) {
+  std::vector<Case> cases;
+  const Combine combines[] = {Combine::Mul, Combine::Add};
+  const DType dtypes[] = {DType::F64, DType::F32, DType::F16, DType::BF16};
+  const Layout layouts[] = {Layout::NCHW, Layout::ChannelsLast, Layout::Sliced, Layout::Expanded};
+  if (subset) {
+    // A few launches of every kernel, shrunk grids included: enough for TSan to see every
+    // barrier and every shared-memory access pattern.
+    cases.push_back({2, 4, 9, 10, 3, 2, 1, 1, Combine::Mul});
+    cases.push_back({1, 3, 7, 6, 5, 3, 2, 2, Combine::Add, DType::F32, Layout::ChannelsLast});
+    cases.push_back({2, 2, 11, 40, 3, 1, 1, 2, Combine::Mul, DType::F16, Layout::Sliced, true});
+    cases.push_back({1, 2, 5, 70, 1, 2, 2, 1, Combine::Add, DType::BF16, Layout::Expanded, true});
+    return cases;
+  }
+  // Every (k, stride, dilation, heads, combine) in float64 NCHW, at an odd and an even size;
+  // grad_channel_filter for every k up to 5, and for 7 and 9 with 2 heads.
+  const int64_t C = 4;
+  for (int64_t k : {1, 3, 5, 7, 9})
+    for (int64_t s : {1, 2, 3})
+      for (int64_t d : {1, 2, 3})
+        for (int64_t G : {int64_t(1), int64_t(2), C})
+          for (Combine m : combines) {
+            const bool odd = (k + s + d + G) % 2 == 1;
+            Case c{1, C, odd ? 7 : 8, odd ? 9 : 6, k, G, s, d, m};
+            c.grad_channel = k <= 5 || G == 2;
+            cases.push_back(c);
+          }
+  // Tiny sizes (smaller than the kernel), every k.
+  for (int64_t k : {1, 3, 5, 7, 9})
+    for (auto [H, W] : {std::pair<int64_t, int64_t>{1, 1}, {2, 3}, {3, 2}})
+      cases.push_back({1, 2, H, W, k, 2, 1 + k % 3, 1 + k % 2, k % 4 == 1 ? Combine::Mul : Combine::Add});
+  // Every dtype x layout, over a few geometries.
+  const Case geometries[] = {
+      {2, 4, 7, 9, 3, 1, 1, 1, Combine::Mul}, {1, 6, 8, 5, 5, 3, 2, 2, Combine::Add},
+      {1, 2, 9, 8, 7, 2, 3, 1, Combine::Mul}, {1, 2, 6, 11, 9, 2, 2, 3, Combine::Add},
+      {1, 3, 5, 4, 1, 3, 1, 1, Combine::Add},
+  };
+  for (DType t : dtypes)
+    for (Layout l : layouts)
+      for (Case c : geometries) {
+        c.dtype = t;
+        c.layout = l;
+        cases.push_back(c);
+      }
+  // Empty dimensions.
+  for (auto [B, Cz, H, W] : {std::tuple<int64_t, int64_t, int64_t, int64_t>{0, 4, 5, 5}, {2, 0, 5, 5}, {2, 4, 0, 5},
+                             {2, 4, 5, 0}})
+    for (Layout l : {Layout::NCHW, Layout::ChannelsLast})
+      cases.push_back({B, Cz, H, W, 3, Cz == 0 ? 1 : 2, 2, 1, Combine::Mul, DType::F32, l});
+  // Shrunk grids on maps large enough for several grid-stride steps in x and y.
+  for (DType t : {DType::F64, DType::F32, DType::BF16})
+    for (Layout l : layouts)
+      for (Case c : {Case{2, 3, 13, 75, 3, 1, 1, 1, Combine::Mul}, Case{1, 4, 21, 140, 5, 2, 2, 2, Combine::Add}}) {
+        c.dtype = t;
+        c.layout = l;
+        c.shrunk_grid = true;
+        cases.push_back(c);
+      }
+  return cases;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const bool subset = argc > 1 && std::strcmp(argv[1], "--subset") == 0;
+  const std::vector<Case> cases = all_cases(subset);
+  for (const Case& c : cases) run(c);
+  if (failures == 0) {
+    std::printf("test_kernels: %zu cases (4 results each) passed\n", cases.size());
+    return 0;
+  }
+  std::printf("test_kernels: %d failures in %zu cases\n", failures, cases.size());
+  return 1;
+}
