@@ -1,9 +1,15 @@
 """Shared fixtures and input builders for the ddf op tests."""
 
+import contextlib
+import os
+import warnings
+
 import pytest
 import torch
 
 import ddf_ops  # noqa: F401  (loads the library)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CUDA_AVAILABLE = torch.cuda.is_available()
 # CUDA tests carry the `cuda` marker (`make gpu-check` runs `pytest -m cuda`) and skip,
@@ -11,14 +17,80 @@ CUDA_AVAILABLE = torch.cuda.is_available()
 CUDA_MARKS = [pytest.mark.cuda, pytest.mark.skipif(not CUDA_AVAILABLE, reason="no CUDA device: CUDA test skipped")]
 
 
-def requires_cuda(test):
-    for mark in CUDA_MARKS:
-        test = mark(test)
-    return test
+def with_marks(marks):
+    def decorate(test):
+        for mark in marks:
+            test = mark(test)
+        return test
 
+    return decorate
+
+
+requires_cuda = with_marks(CUDA_MARKS)
+
+
+
+# The CUDA kernels under the host emulator (tests/cuda_emulation): the test-only ops
+# ddf_emu::ddf / ddf_backward, built by CMake (`make cuda-emulation`, part of `make test`).
+EMULATION_LIBRARY = os.environ.get(
+    "DDF_CUDA_EMULATION_LIBRARY", os.path.join(ROOT, "build", "cmake", "libddf_cuda_emulation_op.so")
+)
+EMULATION_AVAILABLE = os.path.isfile(EMULATION_LIBRARY)
+if EMULATION_AVAILABLE:
+    torch.ops.load_library(EMULATION_LIBRARY)
+elif os.environ.get("DDF_REQUIRE_CUDA_EMULATION") == "1":
+    raise RuntimeError(f"DDF_REQUIRE_CUDA_EMULATION=1 but {EMULATION_LIBRARY} does not exist (build it with CMake)")
+EMULATION_MARKS = [
+    pytest.mark.cuda_emulation,
+    pytest.mark.skipif(not EMULATION_AVAILABLE, reason="CUDA emulation library not built: emulated-CUDA test skipped"),
+]
+
+requires_emulation = with_marks(EMULATION_MARKS)
+
+
+class EmulatedCuda(str):
+    """The "cuda_emulated" device: tensors live on the CPU, and for the duration of the test
+    ddf's CPU kernels are the CUDA kernels run by the host emulator (see emulated_cuda_kernels).
+    A str equal to "cpu", so tests build their tensors with it unchanged."""
+
+
+EMULATED_CUDA = pytest.param(EmulatedCuda("cpu"), id="cuda_emulated", marks=EMULATION_MARKS)
 
 # Every device-parametrized test runs on the CPU and, where there is a GPU, on CUDA.
 DEVICES = ["cpu", pytest.param("cuda", marks=CUDA_MARKS)]
+# Also on the CUDA kernels under the emulator: for the tests whose sizes the emulator runs in
+# seconds (it runs each block's threads as OS threads, about 2 us per thread per barrier).
+DEVICES_AND_EMULATED = DEVICES + [EMULATED_CUDA]
+
+
+def is_emulated(device) -> bool:
+    return isinstance(device, EmulatedCuda)
+
+
+@contextlib.contextmanager
+def emulated_cuda_kernels():
+    """Routes ddf::ddf and ddf::ddf_backward on the CPU to the emulated CUDA kernels (the
+    override is removed on exit). Autograd, double backward and compile reach them through the
+    dispatcher, exactly as they reach the real CUDA kernels."""
+    lib = torch.library.Library("ddf", "IMPL")
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*Overriding a previously registered kernel.*")
+            lib.impl("ddf", torch.ops.ddf_emu.ddf.default, "CPU")
+            lib.impl("ddf_backward", torch.ops.ddf_emu.ddf_backward.default, "CPU")
+        yield
+    finally:
+        lib._destroy()
+
+
+@pytest.fixture(autouse=True)
+def _emulated_cuda_device(request):
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and is_emulated(callspec.params.get("device")):
+        with emulated_cuda_kernels():
+            yield
+    else:
+        yield
 
 # Tolerances against the float64 reference. The half types round inputs and output once
 # (accumulation is float32), so their bound is a few ulps of the output.

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import ddf_ops
-from conftest import DEVICES, TOLERANCES, make_inputs, out_size
+from conftest import DEVICES_AND_EMULATED, TOLERANCES, make_inputs, out_size
 
 SIZES = [(7, 10), (8, 5), (2, 3), (1, 1)]  # odd and even, and smaller than every kernel
 
@@ -15,7 +15,7 @@ def heads_for(C):
     return sorted({1, 2, C})
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES_AND_EMULATED)
 @pytest.mark.parametrize("combine", ["mul", "add"])
 @pytest.mark.parametrize("dilation", [1, 2, 3])
 @pytest.mark.parametrize("stride", [1, 2, 3])
@@ -30,7 +30,7 @@ def test_matches_reference_float64(k, stride, dilation, combine, device):
         torch.testing.assert_close(out, expected, **TOLERANCES[torch.float64], msg=f"H={H} W={W} G={G}")
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES_AND_EMULATED)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("combine", ["mul", "add"])
 def test_reduced_precision_dtypes(dtype, combine, device):
@@ -43,7 +43,7 @@ def test_reduced_precision_dtypes(dtype, combine, device):
         torch.testing.assert_close(out.double(), expected, **TOLERANCES[dtype])
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES_AND_EMULATED)
 @pytest.mark.parametrize("layout", ["channels_last", "sliced", "expanded"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
 def test_any_strides(layout, dtype, device):
@@ -56,7 +56,7 @@ def test_any_strides(layout, dtype, device):
         torch.testing.assert_close(out.double(), expected, **TOLERANCES[dtype])
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES_AND_EMULATED)
 def test_output_layout_follows_input(device):
     x, cf, sf = make_inputs(2, 4, 6, 6, device=device, layout="channels_last")
     assert ddf_ops.ddf(x, cf, sf).is_contiguous(memory_format=torch.channels_last)
@@ -64,7 +64,7 @@ def test_output_layout_follows_input(device):
     assert ddf_ops.ddf(x, cf, sf).is_contiguous()
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES_AND_EMULATED)
 @pytest.mark.parametrize("shape", [(0, 4, 5, 5), (2, 0, 5, 5), (2, 4, 0, 5), (2, 4, 5, 0)])
 def test_empty(shape, device):
     B, C, H, W = shape
@@ -73,7 +73,7 @@ def test_empty(shape, device):
     assert out.shape == (B, C, out_size(H, 2), out_size(W, 2))
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES_AND_EMULATED)
 def test_special_cases_of_the_op(device):
     """cf = 1 ("mul") / 0 ("add") is a pure spatial (involution-like) filter; sf = 1 / 0 a
     dynamic depth-wise convolution, which for one filter per channel is F.conv2d."""

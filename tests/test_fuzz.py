@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ddf_ops
-from conftest import make_inputs, reference_grads
+from conftest import emulated_cuda_kernels, make_inputs, reference_grads, requires_emulation
 
 
 @st.composite
@@ -27,10 +27,7 @@ def configs(draw):
     )
 
 
-# derandomize: CI explores the same 150 configurations every run (reproducible failures).
-@settings(max_examples=150, deadline=None, derandomize=True)
-@given(configs())
-def test_forward_and_backward_match_reference(cfg):
+def check_against_reference(cfg):
     stride, dilation, combine = cfg["stride"], cfg["dilation"], cfg["combine"]
     x, cf, sf = make_inputs(
         cfg["B"], cfg["C"], cfg["H"], cfg["W"], cfg["k"], cfg["G"], stride,
@@ -42,3 +39,19 @@ def test_forward_and_backward_match_reference(cfg):
     got = torch.autograd.grad(out, (x, cf, sf), go)
     for a, b in zip(got, reference_grads(x, cf, sf, go, stride, dilation, combine)):
         torch.testing.assert_close(a, b)
+
+
+# derandomize: CI explores the same configurations every run (reproducible failures).
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(configs())
+def test_forward_and_backward_match_reference(cfg):
+    check_against_reference(cfg)
+
+
+# The CUDA kernels under the host emulator: fewer examples (seconds each, not milliseconds).
+@requires_emulation
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(configs())
+def test_emulated_cuda_forward_and_backward_match_reference(cfg):
+    with emulated_cuda_kernels():
+        check_against_reference(cfg)
