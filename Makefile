@@ -5,6 +5,8 @@
 # make gpu-check - on a GPU machine with torch installed (no internet): build, CUDA tests,
 #               GPU benchmark, all into gpu-check.log.
 # make bench  - the CPU benchmark (python -m benchmarks.bench_cpu).
+# make cuda-emulation - the CUDA kernels under the host emulator, no GPU needed: the C++
+#               tests (plain, ASan+UBSan, TSan) and the pytest suite's cuda_emulated device.
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -24,7 +26,7 @@ endif
 
 CMAKE_BUILD_DIR := build/cmake
 
-.PHONY: test demo build cmake-test bench gpu-check clean
+.PHONY: test demo build cmake-build cmake-test cuda-emulation bench gpu-check clean
 
 $(VENV)/.installed:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,13 +37,23 @@ $(VENV)/.installed:
 build: $(VENV)/.installed
 	$(PY) setup.py --quiet build_ext --inplace
 
-cmake-test: $(VENV)/.installed
+cmake-build: $(VENV)/.installed
 	cmake -S . -B $(CMAKE_BUILD_DIR) -G Ninja -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')"
 	cmake --build $(CMAKE_BUILD_DIR) -j $(MAX_JOBS)
-	ctest --test-dir $(CMAKE_BUILD_DIR) --output-on-failure
+
+cmake-test: cmake-build
+	ctest --test-dir $(CMAKE_BUILD_DIR) --output-on-failure -j $(MAX_JOBS)
+
+# The pytest suite loads the emulated CUDA ops from the CMake build; with this set, a
+# missing one is an error instead of a (visible) skip.
+REQUIRE_EMULATION := DDF_REQUIRE_CUDA_EMULATION=1
+
+cuda-emulation: build cmake-build
+	ctest --test-dir $(CMAKE_BUILD_DIR) --output-on-failure -j $(MAX_JOBS) -L cuda_emulation
+	$(REQUIRE_EMULATION) $(PY) -m pytest tests -m cuda_emulation $(PYTEST_ARGS)
 
 test: build cmake-test
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(REQUIRE_EMULATION) $(PY) -m pytest tests $(PYTEST_ARGS)
 
 demo: build
 	$(PY) -m ddf_ops $(DEMO_ARGS)
