@@ -83,6 +83,10 @@ class GpuLimits:
     max_smem_per_block_optin: int  # dynamic + static, with cudaFuncSetAttribute
     max_static_smem_per_block: int = 48 * 1024
     reserved_smem_per_block: int = 1024  # the driver's per-block reservation (sm_80 and up)
+    # sm_90 cubins place a kernel's __shared__ variables after the reserved 1 KiB (the SASS
+    # addresses them from 0x400) and their SHARED counts it: 2048 for 1 KiB of variables,
+    # where `ptxas -v` says 1024 and the sm_80 cubin says 1024. Not added a second time then.
+    static_smem_includes_reserved: bool = False
     smem_alloc_unit: int = 128
     regs_per_sm: int = 65536
     regs_per_block: int = 65536
@@ -110,7 +114,7 @@ GPU_LIMITS: Dict[str, GpuLimits] = {
                        max_smem_per_block_optin=99 * KIB),
     # H100 / H200
     "sm_90": GpuLimits("sm_90", max_threads_per_sm=2048, max_blocks_per_sm=32, smem_per_sm=228 * KIB,
-                       max_smem_per_block_optin=227 * KIB),
+                       max_smem_per_block_optin=227 * KIB, static_smem_includes_reserved=True),
 }
 
 
@@ -165,6 +169,9 @@ def occupancy(
     are split over 4 sub-partitions, so warps = 4 * floor(16384 / regs per warp), and
     blocks = floor(warps / warps per block). Shared memory: per block, static + dynamic +
     1 KiB reserved, rounded up to 128 bytes; blocks = floor(carveout / that).
+
+    static_smem is the cubin's SHARED (`cuobjdump -res-usage`), which on sm_90 already
+    holds the reserved 1 KiB when it is not 0 (GpuLimits.static_smem_includes_reserved).
     """
     L = limits
     if threads_per_block <= 0:
@@ -193,13 +200,16 @@ def occupancy(
         warps_per_sub_partition = (L.regs_per_sm // L.sub_partitions) // regs_per_warp
         by_registers = warps_per_sub_partition * L.sub_partitions // warps_per_block
 
-    smem_per_block = _round_up(static_smem + dynamic_smem + L.reserved_smem_per_block, L.smem_alloc_unit)
-    if static_smem > L.max_static_smem_per_block:
+    user_static = static_smem
+    if L.static_smem_includes_reserved and static_smem > 0:
+        user_static = max(0, static_smem - L.reserved_smem_per_block)
+    smem_per_block = _round_up(user_static + dynamic_smem + L.reserved_smem_per_block, L.smem_alloc_unit)
+    if user_static > L.max_static_smem_per_block:
         by_shared = 0
-        reasons.append(f"{static_smem} B static shared > {L.max_static_smem_per_block} per block")
-    elif static_smem + dynamic_smem > L.max_smem_per_block_optin:
+        reasons.append(f"{user_static} B static shared > {L.max_static_smem_per_block} per block")
+    elif user_static + dynamic_smem > L.max_smem_per_block_optin:
         by_shared = 0
-        reasons.append(f"{static_smem + dynamic_smem} B shared > {L.max_smem_per_block_optin} per block")
+        reasons.append(f"{user_static + dynamic_smem} B shared > {L.max_smem_per_block_optin} per block")
     else:
         by_shared = L.smem_per_sm // smem_per_block
 

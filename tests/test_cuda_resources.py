@@ -416,9 +416,15 @@ def test_occupancy_register_sub_partitions():
 
 def test_occupancy_shared_memory():
     # 48 KiB static + 1 KiB reserved = 50176 B per block: sm_80 fits floor(164 KiB / 50176) = 3
-    # blocks (24 warps), sm_90 floor(228 KiB / 50176) = 4 (32 warps).
+    # blocks (24 warps), sm_90 floor(228 KiB / 50176) = 4 (32 warps). (An sm_90 cubin's
+    # SHARED holds the reserved 1 KiB already: 49 KiB there is 48 KiB of variables.)
     assert _occ(32, 256, 48 * 1024, SM80) == (3, 24, 37.5, ["shared"])
-    assert _occ(32, 256, 48 * 1024, SM90) == (4, 32, 50.0, ["shared"])
+    assert _occ(32, 256, 49 * 1024, SM90) == (4, 32, 50.0, ["shared"])
+    # grad_channel_kernel<f32>: 1 KiB of __shared__ is SHARED 1024 on sm_80, 2048 on sm_90;
+    # 2048 B per block either way, and a kernel without shared memory still gets 1 KiB.
+    assert cr.occupancy(32, 256, 1024, SM80).smem_per_block_allocated == 2048
+    assert cr.occupancy(32, 256, 2048, SM90).smem_per_block_allocated == 2048
+    assert cr.occupancy(32, 256, 0, SM90).smem_per_block_allocated == 1024
     # 1000 B + 1024 reserved = 2024, allocated in 128-byte units: 2048.
     o = cr.occupancy(32, 256, 1000, SM80)
     assert (o.smem_per_block_allocated, o.by_shared) == (2048, 82)
@@ -442,7 +448,8 @@ def test_occupancy_impossible_launches():
     assert (o.blocks_per_sm, o.by_registers) == (0, 0) and "per block" in o.reason
     assert cr.occupancy(256, 32, 0, SM90).reason == "256 registers > 255 per thread"
     assert cr.occupancy(32, 2048, 0, SM90).blocks_per_sm == 0
-    assert cr.occupancy(32, 256, 48 * 1024 + 1, SM90).blocks_per_sm == 0
+    assert cr.occupancy(32, 256, 48 * 1024 + 1, SM80).blocks_per_sm == 0
+    assert cr.occupancy(32, 256, 49 * 1024 + 1, SM90).blocks_per_sm == 0
     assert cr.occupancy(32, 256, 0, SM80, dynamic_smem=164 * 1024).blocks_per_sm == 0
     with pytest.raises(ValueError):
         cr.occupancy(32, 0, 0, SM90)
