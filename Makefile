@@ -61,6 +61,14 @@ demo: build
 bench: build
 	$(PY) -m benchmarks.bench_cpu
 
+# make cuda-resources - static checks of the compiled CUDA kernels, no GPU needed: registers,
+#               stack, spills, shared memory and occupancy per kernel and architecture; fails
+#               on a spill, a stack frame, or a CPU-only build (CUDA_RESOURCES_ARGS=--allow-cpu-only).
+CUDA_RESOURCES_ARGS ?=
+.PHONY: cuda-resources
+cuda-resources: build
+	$(PY) -m benchmarks.cuda_resources $(CUDA_RESOURCES_ARGS)
+
 # For a GPU machine that already has torch (and no internet): no venv, no downloads.
 GPU_PYTHON ?= python3
 gpu-check:
