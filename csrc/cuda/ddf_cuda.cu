@@ -34,34 +34,11 @@ struct CudaBackend {
   CudaLauncher launcher() const { return CudaLauncher{c10::cuda::getCurrentCUDAStream()}; }
 };
 
-at::Tensor ddf_cuda(
-    const at::Tensor& input,
-    const at::Tensor& channel_filter,
-    const at::Tensor& spatial_filter,
-    int64_t stride,
-    int64_t dilation,
-    c10::string_view combine) {
-  return ddf_forward(CudaBackend(), input, channel_filter, spatial_filter, stride, dilation, combine);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> ddf_backward_cuda(
-    const at::Tensor& grad_output,
-    const at::Tensor& input,
-    const at::Tensor& channel_filter,
-    const at::Tensor& spatial_filter,
-    int64_t stride,
-    int64_t dilation,
-    c10::string_view combine,
-    std::array<bool, 3> output_mask) {
-  return ddf_backward(
-      CudaBackend(), grad_output, input, channel_filter, spatial_filter, stride, dilation, combine, output_mask);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(ddf, CUDA, m) {
-  m.impl("ddf", &ddf_cuda);
-  m.impl("ddf_backward", &ddf_backward_cuda);
+  m.impl("ddf", &ddf_forward<CudaBackend>);
+  m.impl("ddf_backward", &ddf_backward<CudaBackend>);
 }
 
 }  // namespace cuda

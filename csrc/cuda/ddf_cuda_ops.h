@@ -1,11 +1,12 @@
 // The host side of the CUDA ops: argument checks, allocation, device guard, dtype dispatch,
 // then the launches of ddf_cuda_kernels.cuh.
 //
-// It is generic over a Backend, which says where kernels run:
-//   ddf_cuda.cu                        CudaBackend: CUDAGuard, the current stream, <<<>>>
+// ddf_forward<Backend> and ddf_backward<Backend> are the op kernels; the Backend says where
+// the CUDA kernels run:
+//   ddf_cuda.cu                         CudaBackend: CUDAGuard, the current stream, <<<>>>
 //   tests/cuda_emulation/ddf_emu_op.cpp the host emulator (a test-only op namespace)
 // so the emulated tests exercise this glue (layouts, masks, empty results) as well.
-// A Backend has:
+// A Backend is default-constructible and has:
 //   grid_limits()  -> cuda::GridLimits
 //   guard(tensor)  -> an object that holds the tensor's device current while it lives
 //   launcher()     -> a callable launch(kernel, grid, block, shared_bytes, args...)
@@ -55,13 +56,13 @@ inline Strides4 strides_or_zero(const at::Tensor& t) {
 
 template <typename Backend>
 at::Tensor ddf_forward(
-    const Backend& backend,
     const at::Tensor& input,
     const at::Tensor& channel_filter,
     const at::Tensor& spatial_filter,
     int64_t stride,
     int64_t dilation,
     c10::string_view combine) {
+  const Backend backend{};
   const SymSizes sizes = check_ddf_args(input, channel_filter, spatial_filter, stride, dilation, combine);
   const Geometry g = concrete_geometry(sizes, stride, dilation);
   const auto device_guard = backend.guard(input);
@@ -79,7 +80,6 @@ at::Tensor ddf_forward(
 
 template <typename Backend>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ddf_backward(
-    const Backend& backend,
     const at::Tensor& grad_output,
     const at::Tensor& input,
     const at::Tensor& channel_filter,
@@ -88,6 +88,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ddf_backward(
     int64_t dilation,
     c10::string_view combine,
     std::array<bool, 3> output_mask) {
+  const Backend backend{};
   const SymSizes sizes =
       check_ddf_backward_args(grad_output, input, channel_filter, spatial_filter, stride, dilation, combine);
   const Geometry g = concrete_geometry(sizes, stride, dilation);

@@ -21,29 +21,6 @@ struct EmulatorBackend {
   cuda_emu::Launcher launcher() const { return {}; }
 };
 
-at::Tensor ddf_emulated(
-    const at::Tensor& input,
-    const at::Tensor& channel_filter,
-    const at::Tensor& spatial_filter,
-    int64_t stride,
-    int64_t dilation,
-    c10::string_view combine) {
-  return ddf::cuda::ddf_forward(EmulatorBackend(), input, channel_filter, spatial_filter, stride, dilation, combine);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> ddf_backward_emulated(
-    const at::Tensor& grad_output,
-    const at::Tensor& input,
-    const at::Tensor& channel_filter,
-    const at::Tensor& spatial_filter,
-    int64_t stride,
-    int64_t dilation,
-    c10::string_view combine,
-    std::array<bool, 3> output_mask) {
-  return ddf::cuda::ddf_backward(
-      EmulatorBackend(), grad_output, input, channel_filter, spatial_filter, stride, dilation, combine, output_mask);
-}
-
 }  // namespace
 
 TORCH_LIBRARY(ddf_emu, m) {
@@ -52,6 +29,6 @@ TORCH_LIBRARY(ddf_emu, m) {
 }
 
 TORCH_LIBRARY_IMPL(ddf_emu, CPU, m) {
-  m.impl("ddf", &ddf_emulated);
-  m.impl("ddf_backward", &ddf_backward_emulated);
+  m.impl("ddf", &ddf::cuda::ddf_forward<EmulatorBackend>);
+  m.impl("ddf_backward", &ddf::cuda::ddf_backward<EmulatorBackend>);
 }
