@@ -165,13 +165,14 @@ __global__ void __launch_bounds__(kReduceThreads) grad_channel_kernel(
   }
 }
 
-// The launches of each op. `launch(kernel, grid, block, shared_bytes, args...)` is supplied
+// The generic launches of each op (ddf_cuda_launch.cuh picks them or the tiled kernels).
+// `launch(kernel, grid, block, shared_bytes, args...)` is supplied
 // by the caller: ddf_cuda.cu launches on the current CUDA stream, the emulator on host
 // threads. Both run this code, so the emulated tests cover the launch geometry too. Nothing
 // is launched for an empty result (a grid of 0 blocks is a launch error).
 
 template <typename scalar_t, Combine M, typename Launch>
-void launch_forward(
+void launch_generic_forward(
     Launch&& launch, const GridLimits& limits,
     const scalar_t* x, Strides4 xs,
     const scalar_t* cf, Strides4 cs,
@@ -185,7 +186,7 @@ void launch_forward(
 
 // Each gradient whose pointer is null is not computed (output_mask).
 template <typename scalar_t, Combine M, typename Launch>
-void launch_backward(
+void launch_generic_backward(
     Launch&& launch, const GridLimits& limits,
     const scalar_t* go, Strides4 gos,
     const scalar_t* x, Strides4 xs,

@@ -13,14 +13,16 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/string_view.h>
 
 #include <array>
 #include <tuple>
+#include <vector>
 
 #include "../ddf_checks.h"
 #include "../ddf_dtype_dispatch.h"
-#include "ddf_cuda_kernels.cuh"
+#include "ddf_cuda_launch.cuh"
 
 namespace ddf {
 namespace cuda {
@@ -94,11 +96,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ddf_backward(
   const Geometry g = concrete_geometry(sizes, stride, dilation);
   const auto device_guard = backend.guard(input);
   auto [grad_in, grad_cf, grad_sf] = ddf_empty_grads(sizes, input, channel_filter, spatial_filter, output_mask);
+  // Float scratch for the tiled filter-gradient kernel's partial sums. Freed when this
+  // returns: the caching allocator keeps a block from reuse until the stream's work on it
+  // is ordered before the next user (same stream), and the emulator runs synchronously.
+  std::vector<at::Tensor> scratch;
+  auto workspace = [&](int64_t floats) {
+    scratch.push_back(at::empty({floats}, input.options().dtype(at::kFloat)));
+    return scratch.back().mutable_data_ptr<float>();
+  };
   dispatch_dtype_and_combine(input.scalar_type(), parse_combine(combine), [&](auto tag, auto m) {
     using scalar_t = typename DeviceScalar<decltype(tag)>::type;
     static_assert(sizeof(scalar_t) == sizeof(decltype(tag)));
     launch_backward<scalar_t, decltype(m)::value>(
-        backend.launcher(), backend.grid_limits(), data_of<scalar_t>(grad_output), strides_of(grad_output),
+        backend.launcher(), workspace, backend.grid_limits(), data_of<scalar_t>(grad_output), strides_of(grad_output),
         data_of<scalar_t>(input), strides_of(input), data_of<scalar_t>(channel_filter), strides_of(channel_filter),
         data_of<scalar_t>(spatial_filter), strides_of(spatial_filter), mutable_data_of<scalar_t>(grad_in),
         strides_or_zero(grad_in), mutable_data_of<scalar_t>(grad_cf), strides_or_zero(grad_cf),

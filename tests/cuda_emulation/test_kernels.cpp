@@ -11,7 +11,9 @@
 //     grid-stride loop takes several steps.
 // Results start as NaN, so an element no thread writes fails the comparison.
 //
-//   test_kernels [--subset]   --subset: a small set, for ThreadSanitizer
+//   test_kernels [--subset | --filter TEXT]   --subset: a small set, for ThreadSanitizer;
+//                                             --filter: the cases whose name contains TEXT
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -21,7 +23,7 @@
 
 #include "cuda_emulation.h"
 // The kernels come after the emulator.
-#include "cuda/ddf_cuda_kernels.cuh"
+#include "cuda/ddf_cuda_launch.cuh"
 
 namespace {
 
@@ -70,13 +72,21 @@ struct Case {
   // the slowest kernel to emulate (about 4 ms per tap and channel). Cases that skip it
   // (output_mask false: a null pointer) still check the other three results.
   bool grad_channel = true;
+  // The kernels this case must take (ddf_cuda_tiled_plan.h): Any, or every launch tiled.
+  bool expect_tiled = false;
+  // Plant inf/NaN at taps that fall outside the image (and inside): a non-finite value must
+  // reach exactly the results that depend on it, never through a padding zero (0 * inf).
+  bool nonfinite = false;
+  // grad_input stages all k*k spatial-filter planes of its tile: for k = 7 with dilation >= 2
+  // they may not fit in 48 KiB, and the generic kernel runs (ddf_cuda_tiled_plan.h).
+  bool tiled_grad_input_optional() const { return k == 7 && dilation >= 2; }
 
   std::string name() const {
     char buf[200];
-    std::snprintf(buf, sizeof(buf), "B=%ld C=%ld H=%ld W=%ld k=%ld G=%ld s=%ld d=%ld %s %s %s%s%s", long(B), long(C),
+    std::snprintf(buf, sizeof(buf), "B=%ld C=%ld H=%ld W=%ld k=%ld G=%ld s=%ld d=%ld %s %s %s%s%s%s%s", long(B), long(C),
                   long(H), long(W), long(k), long(G), long(stride), long(dilation),
                   combine == Combine::Mul ? "mul" : "add", dtype_name(dtype), layout_name(layout),
-                  shrunk_grid ? " shrunk-grid" : "", grad_channel ? "" : " (no grad_channel)");
+                  shrunk_grid ? " shrunk-grid" : "", grad_channel ? "" : " (no grad_channel)", expect_tiled ? " tiled" : "", nonfinite ? " non-finite" : "");
     return buf;
   }
 };
@@ -204,7 +214,8 @@ int failures = 0;
 template <typename T>
 void compare(const Case& c, const char* what, const Tensor4<T>& got, const std::vector<double>& expected) {
   double scale = 1.0;
-  for (double v : expected) scale = std::max(scale, std::abs(v));
+  for (double v : expected)
+    if (std::isfinite(v)) scale = std::max(scale, std::abs(v));
   const double tol = tolerance(c.dtype);
   std::vector<bool> in_view(got.storage.size(), false);
   int64_t n = 0;
@@ -214,7 +225,7 @@ void compare(const Case& c, const char* what, const Tensor4<T>& got, const std::
         for (int64_t x = 0; x < got.size[3]; ++x, ++n) {
           in_view[got.index(a, b, y, x)] = true;
           const double v = value(got, a, b, y, x), e = expected[n];
-          const bool ok = std::isnan(e) ? std::isnan(v) : std::abs(v - e) <= tol * scale;
+          const bool ok = std::isnan(e) ? std::isnan(v) : std::isinf(e) ? v == e : std::abs(v - e) <= tol * scale;
           if (!ok) {
             std::fprintf(stderr, "FAILED %s [%s]: at (%ld,%ld,%ld,%ld) got %.17g expected %.17g\n", what,
                          c.name().c_str(), long(a), long(b), long(y), long(x), v, e);
@@ -231,17 +242,42 @@ void compare(const Case& c, const char* what, const Tensor4<T>& got, const std::
   }
 }
 
+// A case that expects the tiled kernels fails if any of its launches fell back to the generic
+// ones (so the tiled tests cannot silently test the generic kernels).
+void check_paths(const Case& c, ddf::cuda::Path forward, const ddf::cuda::BackwardPaths& backward) {
+  if (!c.expect_tiled) return;
+  using ddf::cuda::Path;
+  const Path paths[3] = {forward, backward.grad_input, backward.filter_grads};
+  const char* names[3] = {"forward", "grad_input", "filter gradients"};
+  for (int i = 0; i < 3; ++i) {
+    if (i == 1 && c.tiled_grad_input_optional()) continue;
+    if (paths[i] != Path::Tiled) {
+      std::fprintf(stderr, "FAILED [%s]: %s did not run the tiled kernels\n", c.name().c_str(), names[i]);
+      ++failures;
+    }
+  }
+}
+
 template <typename T, Combine M>
 void run_case(const Case& c) {
   const int64_t Ho = ddf::output_size(c.H, c.stride), Wo = ddf::output_size(c.W, c.stride), kk = c.k * c.k;
   const Geometry g{c.B, c.C, c.H, c.W, c.k, c.G, Ho, Wo, c.stride, c.dilation};
   std::mt19937_64 rng(std::hash<std::string>()(c.name()));
   const bool expanded = c.layout == Layout::Expanded;
-  const auto x = make_tensor<T>({c.B, c.C, c.H, c.W}, c.layout, false, rng, false);
-  const auto cf = make_tensor<T>({c.B, c.C, c.k, c.k}, c.layout, expanded, rng, false);
-  const auto sf = make_tensor<T>({c.B, c.G * kk, Ho, Wo}, c.layout, expanded, rng, false);
+  auto x = make_tensor<T>({c.B, c.C, c.H, c.W}, c.layout, false, rng, false);
+  auto cf = make_tensor<T>({c.B, c.C, c.k, c.k}, c.layout, expanded, rng, false);
+  auto sf = make_tensor<T>({c.B, c.G * kk, Ho, Wo}, c.layout, expanded, rng, false);
   // grad_output of out.sum() is an expansion with every stride 0; here the batch is.
-  const auto go = make_tensor<T>({c.B, c.C, Ho, Wo}, c.layout, expanded, rng, false);
+  auto go = make_tensor<T>({c.B, c.C, Ho, Wo}, c.layout, expanded, rng, false);
+  if (c.nonfinite) {
+    // Tap (0, 0) lies outside the image for output pixel (0, 0) (pad > 0).
+    const T inf = from_double<T>(INFINITY), nan = from_double<T>(NAN);
+    cf.storage[cf.index(0, 0, 0, 0)] = inf;                            // a channel filter value
+    sf.storage[sf.index(0, 0, 0, 0)] = nan;                            // spatial filter, outside tap
+    sf.storage[sf.index(0, kk - 1, Ho - 1, Wo - 1)] = inf;             // and an inside one
+    go.storage[go.index(0, c.C - 1, 0, 0)] = from_double<T>(-INFINITY);  // a border grad_output
+    x.storage[x.index(0, 0, c.H - 1, c.W - 1)] = inf;                  // a corner input
+  }
   auto out = make_result<T>({c.B, c.C, Ho, Wo}, c.layout, rng);
   auto gi = make_result<T>({c.B, c.C, c.H, c.W}, c.layout, rng);
   auto gcf = make_result<T>({c.B, c.C, c.k, c.k}, c.layout, rng);
@@ -249,12 +285,21 @@ void run_case(const Case& c) {
 
   ddf::cuda::GridLimits limits;
   if (c.shrunk_grid) limits = {2, 2};
+  std::vector<std::vector<float>> scratch;
+  auto workspace = [&](int64_t floats) {
+    // NaN-filled: a partial sum the kernels forget to write poisons the result.
+    scratch.emplace_back(static_cast<size_t>(floats), NAN);
+    return scratch.back().data();
+  };
   try {
-    ddf::cuda::launch_forward<T, M>(cuda_emu::Launcher(), limits, x.data(), x.strides, cf.data(), cf.strides, sf.data(),
-                                    sf.strides, out.data(), out.strides, g);
-    ddf::cuda::launch_backward<T, M>(cuda_emu::Launcher(), limits, go.data(), go.strides, x.data(), x.strides,
-                                     cf.data(), cf.strides, sf.data(), sf.strides, gi.data(), gi.strides,
-                                     c.grad_channel ? gcf.data() : nullptr, gcf.strides, gsf.data(), gsf.strides, g);
+    const ddf::cuda::Path forward = ddf::cuda::launch_forward<T, M>(
+        cuda_emu::Launcher(), limits, x.data(), x.strides, cf.data(), cf.strides, sf.data(), sf.strides, out.data(),
+        out.strides, g);
+    const ddf::cuda::BackwardPaths backward = ddf::cuda::launch_backward<T, M>(
+        cuda_emu::Launcher(), workspace, limits, go.data(), go.strides, x.data(), x.strides, cf.data(), cf.strides,
+        sf.data(), sf.strides, gi.data(), gi.strides, c.grad_channel ? gcf.data() : nullptr, gcf.strides, gsf.data(),
+        gsf.strides, g);
+    check_paths(c, forward, backward);
   } catch (const cuda_emu::Fault& e) {
     std::fprintf(stderr, "FAILED [%s]: emulator fault: %s\n", c.name().c_str(), e.what());
     ++failures;
@@ -316,6 +361,43 @@ std::vector<Case> all_cases(bool subset) {
             c.grad_channel = k <= 5 || G == 2;
             cases.push_back(c);
           }
+  // The tiled fast path: every k in {3,5,7} x stride {1,2} x dilation 1-3 x heads x combine,
+  // float32 NCHW, with two batches; each case must run only tiled kernels.
+  for (int64_t k : {3, 5, 7})
+    for (int64_t s : {1, 2})
+      for (int64_t d : {1, 2, 3})
+        for (int64_t G : {int64_t(1), int64_t(2), C})
+          for (Combine m : combines) {
+            const bool odd = (k + s + d + G) % 2 == 1;
+            Case c{2, C, odd ? 9 : 8, odd ? 11 : 10, k, G, s, d, m, DType::F32};
+            c.expect_tiled = true;
+            cases.push_back(c);
+          }
+  // Tiled, in every half dtype, and over maps that need several tiles (both directions),
+  // channel splits with a last partial step (C/G not a multiple of the lanes), 7x7 and 14x14
+  // maps, and halos large enough to shrink the block.
+  const Case tiled_geometries[] = {
+      {1, 40, 14, 14, 3, 1, 1, 1, Combine::Mul}, {2, 24, 7, 7, 3, 2, 1, 1, Combine::Add},
+      {1, 6, 37, 70, 3, 1, 2, 1, Combine::Mul},  {1, 3, 20, 33, 7, 1, 2, 3, Combine::Add},
+      {1, 5, 9, 45, 5, 1, 1, 2, Combine::Mul},   {1, 2, 12, 12, 7, 2, 1, 5, Combine::Mul},
+      {3, 10, 5, 6, 3, 5, 2, 1, Combine::Add},   {1, 12, 70, 3, 3, 3, 1, 1, Combine::Mul},
+  };
+  for (DType t : {DType::F32, DType::F16, DType::BF16})
+    for (Case c : tiled_geometries) {
+      c.dtype = t;
+      c.expect_tiled = true;
+      cases.push_back(c);
+    }
+  // Non-finite values, on the tiled and the generic kernels.
+  for (int64_t k : {3, 5})
+    for (int64_t s : {1, 2})
+      for (Combine m : combines)
+        for (DType t : {DType::F32, DType::F64}) {
+          Case c{2, 4, 9, 11, k, 2, s, 1 + k % 2, m, t};
+          c.nonfinite = true;
+          c.expect_tiled = t == DType::F32;
+          cases.push_back(c);
+        }
   // Tiny sizes (smaller than the kernel), every k.
   for (int64_t k : {1, 3, 5, 7, 9})
     for (auto [H, W] : {std::pair<int64_t, int64_t>{1, 1}, {2, 3}, {3, 2}})
@@ -354,7 +436,13 @@ std::vector<Case> all_cases(bool subset) {
 
 int main(int argc, char** argv) {
   const bool subset = argc > 1 && std::strcmp(argv[1], "--subset") == 0;
-  const std::vector<Case> cases = all_cases(subset);
+  // --filter TEXT: only the cases whose name contains TEXT (for debugging).
+  const char* filter = argc > 2 && std::strcmp(argv[1], "--filter") == 0 ? argv[2] : nullptr;
+  std::vector<Case> cases = all_cases(subset);
+  if (filter != nullptr)
+    cases.erase(std::remove_if(cases.begin(), cases.end(),
+                               [&](const Case& c) { return c.name().find(filter) == std::string::npos; }),
+                cases.end());
   for (const Case& c : cases) run(c);
   if (failures == 0) {
     std::printf("test_kernels: %zu cases (4 results each) passed\n", cases.size());

@@ -1,0 +1,167 @@
+// Which calls the tiled CUDA kernels (ddf_cuda_tiled_kernels.cuh) take, and the block, grid
+// and shared memory of each launch. Host code, torch-free: the CUDA glue and the emulator's
+// tests (tests/cuda_emulation) plan with the same function, so the emulated tests run the
+// very launches a GPU gets.
+//
+// The tiled path covers what DDF networks use: contiguous NCHW input, spatial filter and
+// grad_output; k in {3, 5, 7}, stride 1 or 2, any dilation (while the staged halo fits in
+// 48 KiB of shared memory); float32, float16 and bfloat16; every tensor below 2^31 elements
+// (32-bit indexing). Everything else runs the generic kernels of ddf_cuda_kernels.cuh.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+
+#include "../ddf_geometry.h"
+
+namespace ddf {
+namespace cuda {
+namespace tiled {
+
+constexpr int kBlockThreads = 256;
+// Blocks a launch aims for before it stops splitting the channels of a head over more
+// blocks: an H100 holds 132 SMs x 8 blocks of 256 threads. Each extra split re-reads the
+// spatial-filter tile once more (and, in the filter-gradient kernel, writes one more partial
+// grad_spatial_filter), so the split stops at about one full wave.
+constexpr int64_t kTargetBlocks = 1024;
+constexpr std::size_t kMaxSharedBytes = 48 * 1024;  // no opt-in attribute needed below this
+constexpr int64_t kMaxIndex = (int64_t(1) << 31) - 1;
+
+enum class Kernel { Forward, GradInput, FilterGrads };
+
+// Everything a tiled kernel needs besides its pointers; 32-bit because the plan only takes
+// tensors below 2^31 elements.
+struct TiledGeometry {
+  int B, C, H, W, Ho, Wo, G;
+  int cph;       // channels per head
+  int dilation, pad;
+  int tiles_x;   // tiles along the map's width; blockIdx.x = tile_y * tiles_x + tile_x
+  int split_channels;  // channels of a head per block; blockIdx.y = split
+  int splits;          // blocks per head along the channels
+  int halo_h, halo_w;  // the staged tile (input for Forward/FilterGrads, grad_output for GradInput)
+  int rows_per_thread; // map rows each thread covers (FilterGrads: 2 for k = 3, else 1)
+};
+
+// Output rows each thread of the filter-gradient kernel covers: two for k = 3 (halves the
+// cost of the per-channel warp reduction), one for larger k (registers).
+constexpr int filter_grad_rows(int k) { return k == 3 ? 2 : 1; }
+
+// Floats a lane's shared channel filter takes: k*k rounded up to 4 (16-byte vector loads).
+constexpr int padded_taps(int k) { return (k * k + 3) / 4 * 4; }
+
+struct TiledPlan {
+  bool use = false;
+  const char* reason = "";  // why not, for tests and debugging
+  TiledGeometry g{};
+  unsigned grid_x = 0, grid_y = 0, grid_z = 0;
+  unsigned block_x = 0, block_y = 0, block_z = 0;
+  std::size_t shared_bytes = 0;
+  // Filter-gradient kernel only: floats of the two partial-sum buffers it writes.
+  int64_t channel_partials = 0;  // tiles * B * C * k*k
+  int64_t spatial_partials = 0;  // splits * B * G*k*k * Ho * Wo, or 0 when splits == 1
+};
+
+inline int pow2_at_least(int64_t n, int cap) {
+  int p = 1;
+  while (p < cap && p < n) p *= 2;
+  return p;
+}
+
+inline std::size_t round4(std::size_t n) { return (n + 3) / 4 * 4; }
+
+// Shared floats of one launch, given its block.
+inline std::size_t shared_floats(Kernel kernel, int k, int s, int d, int tx, int ty, int tz, int rows, int* halo_h,
+                                 int* halo_w) {
+  const int span = (k - 1) * d;
+  const std::size_t lane_filter = padded_taps(k);
+  if (kernel == Kernel::GradInput) {
+    // grad_output rows/columns that input rows [r0, r0 + ty) reach: at most (ty-1+span)/s + 2.
+    *halo_h = (ty - 1 + span) / s + 2;
+    *halo_w = (tx - 1 + span) / s + 2;
+    const std::size_t plane = round4(std::size_t(*halo_h) * *halo_w);
+    return std::size_t(k) * k * plane + tz * (lane_filter + plane);
+  }
+  *halo_h = (ty * rows - 1) * s + span + 1;
+  *halo_w = (tx - 1) * s + span + 1;
+  const std::size_t plane = round4(std::size_t(*halo_h) * *halo_w);
+  std::size_t floats = tz * (lane_filter + plane);
+  if (kernel == Kernel::FilterGrads) {
+    floats += std::size_t(tx * ty * tz / 32) * k * k;  // per-warp partial channel-filter sums
+    // At the end the lanes hand their spatial-filter sums to lane 0 through the same memory.
+    if (tz > 1) floats = std::max(floats, std::size_t(tx) * ty * rows * k * k);
+  }
+  return floats;
+}
+
+// g: the call's geometry after the argument checks. contiguous: input, spatial filter (and
+// grad_output) are contiguous NCHW. max_grid_x/y: the launcher's grid limits.
+inline TiledPlan plan_tiled(Kernel kernel, const Geometry& geo, bool contiguous, bool supported_dtype,
+                            int64_t max_grid_x, int64_t max_grid_y) {
+  TiledPlan p;
+  const int64_t k = geo.k, s = geo.stride, kk = k * k;
+  if (!supported_dtype) return p.reason = "dtype is not float32/float16/bfloat16", p;
+  if (k != 3 && k != 5 && k != 7) return p.reason = "kernel size is not 3, 5 or 7", p;
+  if (s != 1 && s != 2) return p.reason = "stride is not 1 or 2", p;
+  if (!contiguous) return p.reason = "a tensor is not contiguous NCHW", p;
+  if (geo.B * geo.C * geo.H * geo.W == 0 || geo.Ho * geo.Wo == 0) return p.reason = "empty", p;
+  if (geo.B * geo.C * geo.H * geo.W > kMaxIndex || geo.B * geo.C * geo.Ho * geo.Wo > kMaxIndex ||
+      geo.B * geo.G * kk * geo.Ho * geo.Wo > kMaxIndex || geo.dilation * (k - 1) > kMaxIndex / 4 ||
+      geo.H > kMaxIndex / 4 || geo.W > kMaxIndex / 4)
+    return p.reason = "a tensor has 2^31 elements or more", p;
+  if (geo.B * geo.G > 65535) return p.reason = "batch * heads > 65535 (grid z)", p;
+
+  // The map a block tiles: the output for Forward/FilterGrads, the input for GradInput.
+  const bool over_input = kernel == Kernel::GradInput;
+  const int64_t map_h = over_input ? geo.H : geo.Ho, map_w = over_input ? geo.W : geo.Wo;
+  const int rows = kernel == Kernel::FilterGrads ? filter_grad_rows(int(k)) : 1;
+  const int64_t cph = geo.C / geo.G;
+
+  // Threads: a row of up to 32 columns, as many rows as the map has (up to the block), and
+  // the rest as channel lanes; warps never straddle lanes (tx * ty is a multiple of 32).
+  const int tx = pow2_at_least(map_w, 32);
+  int ty = pow2_at_least((map_h + rows - 1) / rows, kBlockThreads / tx);
+  while (tx * ty < 32) ty *= 2;
+  int tz = std::min(kBlockThreads / (tx * ty), pow2_at_least(cph, 8));
+  int halo_h = 0, halo_w = 0;
+  std::size_t floats = shared_floats(kernel, int(k), int(s), int(geo.dilation), tx, ty, tz, rows, &halo_h, &halo_w);
+  // Too much shared memory (large dilation, k = 7): fewer lanes, then fewer rows.
+  while (floats * 4 > kMaxSharedBytes && (tz > 1 || tx * ty > 32)) {
+    if (tz > 1) {
+      tz /= 2;
+    } else {
+      ty /= 2;
+    }
+    floats = shared_floats(kernel, int(k), int(s), int(geo.dilation), tx, ty, tz, rows, &halo_h, &halo_w);
+  }
+  if (floats * 4 > kMaxSharedBytes) return p.reason = "the staged halo needs more than 48 KiB of shared memory", p;
+
+  const int64_t tiles_x = ceil_div(map_w, tx), tiles = tiles_x * ceil_div(map_h, int64_t(ty) * rows);
+  const int64_t base_blocks = tiles * geo.B * geo.G;
+  const int64_t max_splits = ceil_div(cph, tz);
+  const int64_t want = std::min(std::max<int64_t>(ceil_div(kTargetBlocks, base_blocks), 1), max_splits);
+  const int64_t split_channels = ceil_div(ceil_div(cph, want), tz) * tz;
+  const int64_t splits = ceil_div(cph, split_channels);
+  if (tiles > max_grid_x || splits > max_grid_y) return p.reason = "grid larger than the launcher's limits", p;
+
+  p.use = true;
+  p.g = TiledGeometry{int(geo.B), int(geo.C), int(geo.H), int(geo.W), int(geo.Ho), int(geo.Wo), int(geo.G),
+                      int(cph), int(geo.dilation), int(geo.pad()), int(tiles_x), int(split_channels), int(splits),
+                      halo_h, halo_w, rows};
+  p.grid_x = unsigned(tiles);
+  p.grid_y = unsigned(splits);
+  p.grid_z = unsigned(geo.B * geo.G);
+  p.block_x = unsigned(tx);
+  p.block_y = unsigned(ty);
+  p.block_z = unsigned(tz);
+  p.shared_bytes = floats * sizeof(float);
+  if (kernel == Kernel::FilterGrads) {
+    p.channel_partials = tiles * geo.B * geo.C * kk;
+    p.spatial_partials = splits > 1 ? splits * geo.B * geo.G * kk * geo.Ho * geo.Wo : 0;
+  }
+  return p;
+}
+
+}  // namespace tiled
+}  // namespace cuda
+}  // namespace ddf
