@@ -61,6 +61,11 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # of the (mangled or demangled) kernel name; the first match wins. Keep in step with the
 # launches in csrc/cuda.
 BLOCK_SIZE_TABLE: List[Tuple[str, int]] = [
+    # The tiled kernels (ddf_cuda_tiled_kernels.cuh) carry __maxnreg__ instead; their blocks
+    # have at most tiled::kBlockThreads threads (ddf_cuda_tiled_plan.h).
+    ("tiled_", 256),
+    ("sum_channel_partials_kernel", 256),
+    ("sum_spatial_partials_kernel", 256),
     ("forward_kernel", 256),
     ("grad_input_kernel", 256),
     ("grad_spatial_kernel", 256),

@@ -33,6 +33,8 @@
 #include "ddf_cuda_kernels.cuh"
 #include "ddf_cuda_tiled_plan.h"
 
+#include <type_traits>
+
 namespace ddf {
 namespace cuda {
 namespace tiled {
@@ -60,45 +62,91 @@ __device__ __forceinline__ int plane_floats(const TiledGeometry& g) { return (g.
 // Index of this thread within its channel lane; warps never straddle lanes.
 __device__ __forceinline__ int lane_thread() { return threadIdx.y * blockDim.x + threadIdx.x; }
 
-// Stages channel c's k*k filter values (float) and whether any is not finite. Run by the
-// lane's first warp; `active` is false for lanes past the split's last channel.
-template <typename scalar_t, int K>
-__device__ __forceinline__ void stage_channel_filter(const scalar_t* cf, Strides4 cs, int b, int c, bool active,
-                                                     float* filter, int* nonfinite) {
-  constexpr int KK = K * K;
-  const int t = lane_thread();
-  if (t >= 32) return;
-  float v[2] = {0.f, 0.f};
-  bool bad = false;
-#pragma unroll
-  for (int u = 0; u < 2; ++u) {
-    const int tap = t + 32 * u;
-    if (active && tap < KK) {
-      v[u] = widen(cf[cs.offset(b, c, tap / K, tap % K)]);
-      filter[tap] = v[u];
-      bad = bad || !is_finite(v[u]);
-    }
-  }
-  const int any_bad = __any_sync(0xffffffffu, bad);
-  if (t == 0) *nonfinite = any_bad;
+// A lane's channels of one step: c0 .. c0 + ch - 1, of which the first `active` exist.
+struct LaneStep {
+  int c0, active;
+};
+
+__device__ __forceinline__ LaneStep lane_step(const TiledGeometry& g, const BlockTile& t, int step) {
+  LaneStep ls;
+  ls.c0 = t.c_begin + (step * int(blockDim.z) + int(threadIdx.z)) * g.lane_channels;
+  ls.active = std::max(0, std::min(g.lane_channels, t.c_end - ls.c0));
+  return ls;
 }
 
-// Stages rows [r0, r0 + halo_h) x columns [c0, c0 + halo_w) of one plane, as float, with 0
-// outside the plane (or everywhere, for an inactive lane).
+// Stages the step's k*k channel-filter values per channel (float, filters[u * KP + tap])
+// and a bit mask of the channels with a value that is not finite. Run by the lane's first
+// warp (32 threads cover k*k <= 49 taps in two rounds).
+template <typename scalar_t, int K>
+__device__ __forceinline__ void stage_channel_filters(const scalar_t* cf, Strides4 cs, int b, LaneStep ls, int ch,
+                                                      float* filters, int* nonfinite_mask) {
+  constexpr int KK = K * K, KP = padded_taps(K);
+  const int t = lane_thread();
+  if (t >= 32) return;
+  int mask = 0;
+  for (int u = 0; u < ch; ++u) {
+    bool bad = false;
+#pragma unroll
+    for (int round = 0; round < 2; ++round) {
+      const int tap = t + 32 * round;
+      if (u < ls.active && tap < KK) {
+        const float v = widen(cf[cs.offset(b, ls.c0 + u, tap / K, tap % K)]);
+        filters[u * KP + tap] = v;
+        bad = bad || !is_finite(v);
+      }
+    }
+    if (__any_sync(0xffffffffu, bad)) mask |= 1 << u;
+  }
+  if (t == 0) *nonfinite_mask = mask;
+}
+
+// Stages rows [r0, r0 + halo_h) x columns [c0, c0 + halo_w) of the step's `active` planes
+// (`first` is the first one; planes are `plane_elems` apart) as float, 0 outside the map.
+// Tile u starts at tiles + u * tile_floats. Tiles of channels past `active` are not written
+// (nothing reads them).
 template <typename scalar_t>
-__device__ __forceinline__ void stage_plane(const scalar_t* plane, bool active, int rows, int cols, int r0, int c0,
-                                            float* tile, int halo_h, int halo_w) {
+__device__ __forceinline__ void stage_planes(const scalar_t* first, int plane_elems, int active, int rows, int cols,
+                                             int r0, int c0, float* tiles, int tile_floats, int halo_h, int halo_w) {
   for (int r = threadIdx.y; r < halo_h; r += blockDim.y) {
     const int y = r0 + r;
-    const bool row_in = active && y >= 0 && y < rows;
+    const bool row_in = y >= 0 && y < rows;
     for (int col = threadIdx.x; col < halo_w; col += blockDim.x) {
       const int x = c0 + col;
-      tile[r * halo_w + col] = row_in && x >= 0 && x < cols ? widen(plane[y * cols + x]) : 0.f;
+      float* dst = tiles + r * halo_w + col;
+      // Pointer steps, not indices: no 64-bit index math per element and channel.
+      if (row_in && x >= 0 && x < cols) {
+        const scalar_t* src = first + y * cols + x;
+#pragma unroll 1
+        for (int u = 0; u < active; ++u, src += plane_elems, dst += tile_floats) *dst = widen(*src);
+      } else {
+#pragma unroll 1
+        for (int u = 0; u < active; ++u, dst += tile_floats) *dst = 0.f;
+      }
     }
   }
 }
 
 // ---- forward -------------------------------------------------------------------------------
+
+// One output: taps of the staged input tile (xt: the pixel's first tap) times the combined
+// filters. kChecked: skip taps outside the image (for a non-finite channel-filter value).
+template <Combine M, int K, int S, bool kChecked>
+__device__ __forceinline__ float forward_pixel(const float* xt, const float* f, const float (&s)[K * K],
+                                               const TiledGeometry& g, int oy, int ox) {
+  const int d = g.dilation, hw = g.halo_w;
+  float acc = 0.f;
+#pragma unroll
+  for (int i = 0; i < K; ++i) {
+    const int iy = oy * S + i * d - g.pad;
+#pragma unroll
+    for (int j = 0; j < K; ++j) {
+      const int ix = ox * S + j * d - g.pad;
+      if (!kChecked || (iy >= 0 && iy < g.H && ix >= 0 && ix < g.W))
+        acc += xt[i * d * hw + j * d] * combine_filters<M>(f[i * K + j], s[i * K + j]);
+    }
+  }
+  return acc;
+}
 
 template <typename scalar_t, Combine M, int K, int S>
 __global__ void __launch_bounds__(kBlockThreads) tiled_forward_kernel(
@@ -109,13 +157,14 @@ __global__ void __launch_bounds__(kBlockThreads) tiled_forward_kernel(
     TiledGeometry g) {
   constexpr int KK = K * K, KP = padded_taps(K);
   DDF_DYNAMIC_SHARED(float, smem);
-  __shared__ int nonfinite_filter[kBlockThreads / 32];
+  __shared__ int nonfinite_mask[kBlockThreads / 32];
   const BlockTile t = block_tile(g);
-  const int tz = threadIdx.z, d = g.dilation, hw = g.halo_w;
-  float* filter = smem + tz * (KP + plane_floats(g));
-  float* x_tile = filter + KP;
+  const int tz = threadIdx.z, d = g.dilation, hw = g.halo_w, ch = g.lane_channels, plane = plane_floats(g);
+  float* filters = smem + tz * ch * (KP + plane);  // [ch][KP], then the tiles [ch][plane]
+  float* x_tiles = filters + ch * KP;
   const int oy = t.y0 + threadIdx.y, ox = t.x0 + threadIdx.x;
   const bool pixel = oy < g.Ho && ox < g.Wo;
+  const int HW = g.H * g.W, HoWo = g.Ho * g.Wo;
 
   // This pixel's spatial-filter taps, 0 at taps outside the image.
   float s[KK];
@@ -126,48 +175,67 @@ __global__ void __launch_bounds__(kBlockThreads) tiled_forward_kernel(
     for (int j = 0; j < K; ++j) {
       const int ix = ox * S + j * d - g.pad;
       const bool inside = pixel && iy >= 0 && iy < g.H && ix >= 0 && ix < g.W;
-      s[i * K + j] = inside ? widen(sf[((t.b * g.G + t.h) * KK + i * K + j) * (g.Ho * g.Wo) + oy * g.Wo + ox]) : 0.f;
+      s[i * K + j] = inside ? widen(sf[((t.b * g.G + t.h) * KK + i * K + j) * HoWo + oy * g.Wo + ox]) : 0.f;
     }
   }
+  const int at = threadIdx.y * S * hw + threadIdx.x * S;  // the pixel's first tap in a tile
 
-  const int steps = g.split_channels / int(blockDim.z);
+  const int steps = g.split_channels / (int(blockDim.z) * ch);
   for (int step = 0; step < steps; ++step) {
-    const int c = t.c_begin + step * int(blockDim.z) + tz;
-    const bool lane_active = c < t.c_end;
-    __syncthreads();  // the previous channel's readers are done with the tiles
-    stage_channel_filter<scalar_t, K>(cf, cs, t.b, c, lane_active, filter, &nonfinite_filter[tz]);
-    stage_plane(lane_active ? x + (t.b * g.C + c) * (g.H * g.W) : x, lane_active, g.H, g.W, t.y0 * S - g.pad,
-                t.x0 * S - g.pad, x_tile, g.halo_h, hw);
+    const LaneStep ls = lane_step(g, t, step);
+    __syncthreads();  // the previous step's readers are done with the tiles
+    stage_channel_filters<scalar_t, K>(cf, cs, t.b, ls, ch, filters, &nonfinite_mask[tz]);
+    stage_planes(ls.active > 0 ? x + (t.b * g.C + ls.c0) * HW : x, HW, ls.active, g.H, g.W,
+                 t.y0 * S - g.pad, t.x0 * S - g.pad, x_tiles, plane, g.halo_h, hw);
     __syncthreads();
-    if (!lane_active || !pixel) continue;
-    const float* xt = x_tile + threadIdx.y * S * hw + threadIdx.x * S;
-    float acc = 0.f;
-    if (!nonfinite_filter[tz]) {
-#pragma unroll
-      for (int i = 0; i < K; ++i)
-#pragma unroll
-        for (int j = 0; j < K; ++j) acc += xt[i * d * hw + j * d] * combine_filters<M>(filter[i * K + j], s[i * K + j]);
+    if (!pixel) continue;
+    // The inner loop without the checks unless a channel of this step has a non-finite filter.
+    const int mask = nonfinite_mask[tz];
+    scalar_t* o = out + (t.b * g.C + ls.c0) * HoWo + oy * g.Wo + ox;
+    const float* xt = x_tiles + at;
+    if (mask == 0) {
+#pragma unroll 1
+      for (int u = 0; u < ls.active; ++u, o += HoWo, xt += plane)
+        *o = narrow<scalar_t>(forward_pixel<M, K, S, false>(xt, filters + u * KP, s, g, oy, ox));
     } else {
-      // Only taps inside the image, so an infinite filter value meets no padding zero.
-#pragma unroll
-      for (int i = 0; i < K; ++i) {
-        const int iy = oy * S + i * d - g.pad;
-#pragma unroll
-        for (int j = 0; j < K; ++j) {
-          const int ix = ox * S + j * d - g.pad;
-          if (iy >= 0 && iy < g.H && ix >= 0 && ix < g.W)
-            acc += xt[i * d * hw + j * d] * combine_filters<M>(filter[i * K + j], s[i * K + j]);
-        }
-      }
+#pragma unroll 1
+      for (int u = 0; u < ls.active; ++u, o += HoWo, xt += plane)
+        *o = narrow<scalar_t>((mask >> u) & 1 ? forward_pixel<M, K, S, true>(xt, filters + u * KP, s, g, oy, ox)
+                                              : forward_pixel<M, K, S, false>(xt, filters + u * KP, s, g, oy, ox));
     }
-    out[(t.b * g.C + c) * (g.Ho * g.Wo) + oy * g.Wo + ox] = narrow<scalar_t>(acc);
   }
 }
 
 // ---- grad_input ----------------------------------------------------------------------------
 
+// One grad_input element: the gather over the output pixels whose taps read (iy, ix), from
+// the staged grad_output tile go_t and spatial-filter tile (both 0 outside grad_output).
+// kChecked: skip taps from outside grad_output (for a non-finite channel-filter value).
+template <Combine M, int K, int S, bool kChecked>
+__device__ __forceinline__ float grad_input_pixel(const float* go_t, const float* f, const float* sf_tile, int plane,
+                                                  int oy_lo, int ox_lo, const TiledGeometry& g, int iy, int ix) {
+  const int d = g.dilation, hw = g.halo_w;
+  float acc = 0.f;
+#pragma unroll
+  for (int i = 0; i < K; ++i) {
+    const int py = iy + g.pad - i * d;  // = y * S for the output row y this tap comes from
+    if (S == 2 && (py & 1)) continue;
+    const int y = py >> (S - 1);  // floor division by 1 or 2
+#pragma unroll
+    for (int j = 0; j < K; ++j) {
+      const int px = ix + g.pad - j * d;
+      if (S == 2 && (px & 1)) continue;
+      const int xo = px >> (S - 1);
+      if (kChecked && !(y >= 0 && y < g.Ho && xo >= 0 && xo < g.Wo)) continue;
+      const int a = (y - oy_lo) * hw + (xo - ox_lo);
+      acc += go_t[a] * combine_filters<M>(f[i * K + j], sf_tile[(i * K + j) * plane + a]);
+    }
+  }
+  return acc;
+}
+
 template <typename scalar_t, Combine M, int K, int S>
-__global__ void __launch_bounds__(kBlockThreads) tiled_grad_input_kernel(
+__global__ void __maxnreg__(K == 3 ? 80 : (K == 5 ? 168 : 255)) tiled_grad_input_kernel(
     const scalar_t* __restrict__ go,
     const scalar_t* __restrict__ cf, Strides4 cs,
     const scalar_t* __restrict__ sf,
@@ -175,59 +243,53 @@ __global__ void __launch_bounds__(kBlockThreads) tiled_grad_input_kernel(
     TiledGeometry g) {
   constexpr int KK = K * K, KP = padded_taps(K);
   DDF_DYNAMIC_SHARED(float, smem);
-  __shared__ int nonfinite_filter[kBlockThreads / 32];
+  __shared__ int nonfinite_mask[kBlockThreads / 32];
   const BlockTile t = block_tile(g);
-  const int tz = threadIdx.z, d = g.dilation, hw = g.halo_w, plane = plane_floats(g);
+  const int tz = threadIdx.z, d = g.dilation, hw = g.halo_w, ch = g.lane_channels, plane = plane_floats(g);
+  const int HW = g.H * g.W, HoWo = g.Ho * g.Wo;
   float* sf_tile = smem;  // [KK][plane]
-  float* filter = smem + KK * plane + tz * (KP + plane);
-  float* go_tile = filter + KP;
+  float* filters = smem + KK * plane + tz * ch * (KP + plane);
+  float* go_tiles = filters + ch * KP;
   // The grad_output rows/columns whose taps reach this tile start here (may be negative).
   const int oy_lo = int(floor_div(t.y0 + g.pad - (K - 1) * d, S));
   const int ox_lo = int(floor_div(t.x0 + g.pad - (K - 1) * d, S));
   {
-    const scalar_t* head = sf + (t.b * g.G + t.h) * KK * (g.Ho * g.Wo);
+    const scalar_t* head = sf + (t.b * g.G + t.h) * KK * HoWo;
     const int flat = threadIdx.z * blockDim.y + threadIdx.y, flat_n = blockDim.z * blockDim.y;
     for (int tr = flat; tr < KK * g.halo_h; tr += flat_n) {
       const int tap = tr / g.halo_h, r = tr % g.halo_h, y = oy_lo + r;
       const bool row_in = y >= 0 && y < g.Ho;
       for (int col = threadIdx.x; col < hw; col += blockDim.x) {
         const int xo = ox_lo + col;
-        sf_tile[tap * plane + r * hw + col] =
-            row_in && xo >= 0 && xo < g.Wo ? widen(head[tap * (g.Ho * g.Wo) + y * g.Wo + xo]) : 0.f;
+        sf_tile[tap * plane + r * hw + col] = row_in && xo >= 0 && xo < g.Wo ? widen(head[tap * HoWo + y * g.Wo + xo]) : 0.f;
       }
     }
   }
   const int iy = t.y0 + threadIdx.y, ix = t.x0 + threadIdx.x;
   const bool pixel = iy < g.H && ix < g.W;
-  const int steps = g.split_channels / int(blockDim.z);
+  const int steps = g.split_channels / (int(blockDim.z) * ch);
   for (int step = 0; step < steps; ++step) {
-    const int c = t.c_begin + step * int(blockDim.z) + tz;
-    const bool lane_active = c < t.c_end;
+    const LaneStep ls = lane_step(g, t, step);
     __syncthreads();
-    stage_channel_filter<scalar_t, K>(cf, cs, t.b, c, lane_active, filter, &nonfinite_filter[tz]);
-    stage_plane(lane_active ? go + (t.b * g.C + c) * (g.Ho * g.Wo) : go, lane_active, g.Ho, g.Wo, oy_lo, ox_lo,
-                go_tile, g.halo_h, hw);
+    stage_channel_filters<scalar_t, K>(cf, cs, t.b, ls, ch, filters, &nonfinite_mask[tz]);
+    stage_planes(ls.active > 0 ? go + (t.b * g.C + ls.c0) * HoWo : go, HoWo, ls.active, g.Ho, g.Wo, oy_lo,
+                 ox_lo, go_tiles, plane, g.halo_h, hw);
     __syncthreads();
-    if (!lane_active || !pixel) continue;
-    const bool finite_filter = !nonfinite_filter[tz];
-    float acc = 0.f;
-#pragma unroll
-    for (int i = 0; i < K; ++i) {
-      const int py = iy + g.pad - i * d;  // = y * S for the output row y this tap comes from
-      if (S == 2 && (py & 1)) continue;
-      const int y = py >> (S - 1);  // floor division by 1 or 2
-#pragma unroll
-      for (int j = 0; j < K; ++j) {
-        const int px = ix + g.pad - j * d;
-        if (S == 2 && (px & 1)) continue;
-        const int xo = px >> (S - 1);
-        // Outside grad_output the staged tiles hold 0; only a non-finite filter needs the check.
-        if (!finite_filter && !(y >= 0 && y < g.Ho && xo >= 0 && xo < g.Wo)) continue;
-        const int at = (y - oy_lo) * hw + (xo - ox_lo);
-        acc += go_tile[at] * combine_filters<M>(filter[i * K + j], sf_tile[(i * K + j) * plane + at]);
-      }
+    if (!pixel) continue;
+    const int mask = nonfinite_mask[tz];
+    scalar_t* o = gi + (t.b * g.C + ls.c0) * HW + iy * g.W + ix;
+    const float* go_t = go_tiles;
+    if (mask == 0) {
+#pragma unroll 1
+      for (int u = 0; u < ls.active; ++u, o += HW, go_t += plane)
+        *o = narrow<scalar_t>(grad_input_pixel<M, K, S, false>(go_t, filters + u * KP, sf_tile, plane, oy_lo, ox_lo, g, iy, ix));
+    } else {
+#pragma unroll 1
+      for (int u = 0; u < ls.active; ++u, o += HW, go_t += plane)
+        *o = narrow<scalar_t>(
+            (mask >> u) & 1 ? grad_input_pixel<M, K, S, true>(go_t, filters + u * KP, sf_tile, plane, oy_lo, ox_lo, g, iy, ix)
+                            : grad_input_pixel<M, K, S, false>(go_t, filters + u * KP, sf_tile, plane, oy_lo, ox_lo, g, iy, ix));
     }
-    gi[(t.b * g.C + c) * (g.H * g.W) + iy * g.W + ix] = narrow<scalar_t>(acc);
   }
 }
 
@@ -269,11 +331,40 @@ struct WarpTapSum {
 
 constexpr int pow2_ceil(int n) { return n <= 1 ? 1 : 2 * pow2_ceil((n + 1) / 2); }
 
+// One channel's terms for a thread's R output pixels (rows oy0..oy0+R-1 of column ox):
+// gs[r][tap] += go * x_tap * dF/dsf, q[tap] += go * x_tap * dF/dcf. xt is the first tap of
+// row oy0 in the staged input tile (0 outside the image); rows past the map are skipped. kChecked: only taps inside the
+// image reach q (for a non-finite grad_output value; gs is masked when it is written).
+template <Combine M, int K, int S, int R, bool kChecked>
+__device__ __forceinline__ void filter_grads_pixels(const float (&gv)[R], const bool (&row_pixel)[R], const float* xt, const float* f,
+                                                    const float (&s)[M == Combine::Mul ? R * K * K : 1],
+                                                    float (&gs)[R * K * K], float (&q)[pow2_ceil(K * K)],
+                                                    const TiledGeometry& g, int oy0, int ox) {
+  constexpr int KK = K * K;
+  const int d = g.dilation, hw = g.halo_w;
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    if (!row_pixel[r]) continue;  // no such pixel: its tile values must not meet a 0 * inf
+#pragma unroll
+    for (int i = 0; i < K; ++i) {
+      const int iy = (oy0 + r) * S + i * d - g.pad;
+#pragma unroll
+      for (int j = 0; j < K; ++j) {
+        const int ix = ox * S + j * d - g.pad;
+        const float p = gv[r] * xt[(r * S + i * d) * hw + j * d];
+        gs[r * KK + i * K + j] += p * dcombine_db<M>(f[i * K + j]);
+        if (!kChecked || (iy >= 0 && iy < g.H && ix >= 0 && ix < g.W))
+          q[i * K + j] += M == Combine::Mul ? p * s[r * KK + i * K + j] : p;
+      }
+    }
+  }
+}
+
 // Each thread covers R consecutive output rows of one column. channel_partial (null: not
 // asked for) gets [tile][b][c][tap] sums over the tile's pixels; grad_spatial is written
 // directly (one split per head, contiguous result) or spatial_partial gets [split][...].
 template <typename scalar_t, Combine M, int K, int S, int R>
-__global__ void __launch_bounds__(kBlockThreads) tiled_filter_grads_kernel(
+__global__ void __maxnreg__(K == 3 ? 128 : (K == 5 ? 200 : 255)) tiled_filter_grads_kernel(
     const scalar_t* __restrict__ go,
     const scalar_t* __restrict__ x,
     const scalar_t* __restrict__ cf, Strides4 cs,
@@ -286,11 +377,18 @@ __global__ void __launch_bounds__(kBlockThreads) tiled_filter_grads_kernel(
   using TapSum = WarpTapSum<NP>;
   DDF_DYNAMIC_SHARED(float, smem);
   const BlockTile t = block_tile(g);
-  const int tz = threadIdx.z, d = g.dilation, hw = g.halo_w, lt = lane_thread();
-  const int warps_per_lane = int(blockDim.x * blockDim.y) / 32, lane = lt % 32, warp = lt / 32;
-  float* filter = smem + tz * (KP + plane_floats(g));
-  float* x_tile = filter + KP;
-  float* warp_sums = smem + blockDim.z * (KP + plane_floats(g));  // [lanes * warps_per_lane][KK]
+  const int tz = threadIdx.z, d = g.dilation, hw = g.halo_w, lt = lane_thread(), ch = g.lane_channels;
+  const int plane = plane_floats(g), HW = g.H * g.W, HoWo = g.Ho * g.Wo;
+  const int lane_threads = int(blockDim.x * blockDim.y), warps_per_lane = lane_threads / 32;
+  const int lane = lt % 32, warp = lt / 32;
+  float* filters = smem + tz * ch * (KP + plane);  // [ch][KP], then the input tiles [ch][plane]
+  float* x_tiles = filters + ch * KP;
+  // [lane][warp][u][tap]: each warp's sums of the step's channels, after the lanes' tiles.
+  float* warp_sums = smem + blockDim.z * ch * (KP + plane) + (tz * warps_per_lane + warp) * ch * KK;
+  float* lane_warp_sums = smem + blockDim.z * ch * (KP + plane) + tz * warps_per_lane * ch * KK;
+  // [lane][u][r][lane thread]: each thread's own grad_output values of a step, after the sums.
+  float* go_own = smem + blockDim.z * ch * (KP + plane + warps_per_lane * KK) + tz * ch * R * lane_threads + lt;
+  __shared__ int nonfinite_go[kBlockThreads / 32];
   const bool want_channel = channel_partial != nullptr;
   const bool want_spatial = grad_spatial != nullptr || spatial_partial != nullptr;
   const int ox = t.x0 + threadIdx.x, oy0 = t.y0 + threadIdx.y * R;
@@ -309,67 +407,76 @@ __global__ void __launch_bounds__(kBlockThreads) tiled_filter_grads_kernel(
         for (int j = 0; j < K; ++j) {
           const int iy = oy * S + i * d - g.pad, ix = ox * S + j * d - g.pad;
           const bool inside = row_pixel[r] && want_channel && iy >= 0 && iy < g.H && ix >= 0 && ix < g.W;
-          s[r * KK + i * K + j] =
-              inside ? widen(sf[((t.b * g.G + t.h) * KK + i * K + j) * (g.Ho * g.Wo) + oy * g.Wo + ox]) : 0.f;
+          s[r * KK + i * K + j] = inside ? widen(sf[((t.b * g.G + t.h) * KK + i * K + j) * HoWo + oy * g.Wo + ox]) : 0.f;
         }
     }
   }
   float gs[R * KK];
 #pragma unroll
   for (int u = 0; u < R * KK; ++u) gs[u] = 0.f;
+  const int at = threadIdx.y * R * S * hw + threadIdx.x * S;  // the thread's first tap in a tile
 
-  const int steps = g.split_channels / int(blockDim.z);
+  const int steps = g.split_channels / (int(blockDim.z) * ch);
   for (int step = 0; step < steps; ++step) {
-    const int c = t.c_begin + step * int(blockDim.z) + tz;
-    const bool lane_active = c < t.c_end;
+    const LaneStep ls = lane_step(g, t, step);
     __syncthreads();
-    for (int tap = lt; tap < KK && lane_active; tap += int(blockDim.x * blockDim.y))
-      filter[tap] = widen(cf[cs.offset(t.b, c, tap / K, tap % K)]);
-    stage_plane(lane_active ? x + (t.b * g.C + c) * (g.H * g.W) : x, lane_active, g.H, g.W, t.y0 * S - g.pad,
-                t.x0 * S - g.pad, x_tile, g.halo_h, hw);
-    __syncthreads();
-    float q[NP];
-#pragma unroll
-    for (int u = 0; u < NP; ++u) q[u] = 0.f;
-    if (lane_active) {
+    for (int e = lt; e < ch * KK; e += lane_threads) {
+      const int u = e / KK, tap = e % KK;
+      if (u < ls.active) filters[u * KP + tap] = widen(cf[cs.offset(t.b, ls.c0 + u, tap / K, tap % K)]);
+    }
+    stage_planes(ls.active > 0 ? x + (t.b * g.C + ls.c0) * HW : x, HW, ls.active, g.H, g.W, t.y0 * S - g.pad,
+                 t.x0 * S - g.pad, x_tiles, plane, g.halo_h, hw);
+    // This thread's grad_output values of the step, and whether any is not finite.
+    bool finite = true;
+    for (int u = 0; u < ls.active; ++u) {
 #pragma unroll
       for (int r = 0; r < R; ++r) {
-        if (!row_pixel[r]) continue;
-        const float gv = widen(go[(t.b * g.C + c) * (g.Ho * g.Wo) + (oy0 + r) * g.Wo + ox]);
-        const float* xt = x_tile + (threadIdx.y * R + r) * S * hw + threadIdx.x * S;
-        // A non-finite grad_output value times a padding zero must not reach
-        // grad_channel_filter: then only taps inside the image count (rare, per thread).
-        const bool finite = is_finite(gv);
-#pragma unroll
-        for (int i = 0; i < K; ++i) {
-          const int iy = (oy0 + r) * S + i * d - g.pad;
-#pragma unroll
-          for (int j = 0; j < K; ++j) {
-            const float p = gv * xt[i * d * hw + j * d];
-            gs[r * KK + i * K + j] += p * dcombine_db<M>(filter[i * K + j]);
-            const float term = M == Combine::Mul ? p * s[r * KK + i * K + j] : p;
-            if (finite) {
-              q[i * K + j] += term;
-            } else {
-              const int ix = ox * S + j * d - g.pad;
-              if (iy >= 0 && iy < g.H && ix >= 0 && ix < g.W) q[i * K + j] += term;
-            }
-          }
-        }
+        const float v = row_pixel[r] ? widen(go[(t.b * g.C + ls.c0 + u) * HoWo + (oy0 + r) * g.Wo + ox]) : 0.f;
+        go_own[(u * R + r) * lane_threads] = v;
+        finite = finite && is_finite(v);
       }
     }
-    if (want_channel) {
-      TapSum::run(q, lane);
+    const bool warp_finite = __all_sync(0xffffffffu, finite);
+    if (lane == 0) nonfinite_go[tz * warps_per_lane + warp] = !warp_finite;
+    __syncthreads();
+    // A non-finite grad_output value times a padding zero must not reach
+    // grad_channel_filter: a lane step with one takes the loop that checks every tap.
+    bool checked = false;
+    for (int w = 0; w < warps_per_lane; ++w) checked = checked || nonfinite_go[tz * warps_per_lane + w];
+    auto channel = [&](int u, auto checked_taps) {
+      float q[NP];
 #pragma unroll
-      for (int m = 0; m < TapSum::kept; ++m) {
-        const int tap = TapSum::index(lane, m);
-        if (lane % TapSum::group == 0 && tap < KK) warp_sums[(tz * warps_per_lane + warp) * KK + tap] = q[m];
+      for (int v = 0; v < NP; ++v) q[v] = 0.f;
+      if (u < ls.active) {
+        float gv[R];
+#pragma unroll
+        for (int r = 0; r < R; ++r) gv[r] = go_own[(u * R + r) * lane_threads];
+        filter_grads_pixels<M, K, S, R, decltype(checked_taps)::value>(gv, row_pixel, x_tiles + u * plane + at,
+                                                                        filters + u * KP, s, gs, q, g, oy0, ox);
       }
+      if (want_channel) {
+        TapSum::run(q, lane);
+#pragma unroll
+        for (int m = 0; m < TapSum::kept; ++m) {
+          const int tap = TapSum::index(lane, m);
+          if (lane % TapSum::group == 0 && tap < KK) warp_sums[u * KK + tap] = q[m];
+        }
+      }
+    };
+    // Every lane runs all ch channels: the warp sums need whole warps.
+    if (!checked) {
+#pragma unroll 1
+      for (int u = 0; u < ch; ++u) channel(u, std::false_type());
+    } else {
+#pragma unroll 1
+      for (int u = 0; u < ch; ++u) channel(u, std::true_type());
+    }
+    if (want_channel) {
       __syncthreads();
-      for (int tap = lt; tap < KK && lane_active; tap += warps_per_lane * 32) {
+      for (int e = lt; e < ls.active * KK; e += lane_threads) {
         float total = 0.f;
-        for (int w = 0; w < warps_per_lane; ++w) total += warp_sums[(tz * warps_per_lane + w) * KK + tap];
-        channel_partial[((int64_t(blockIdx.x) * g.B + t.b) * g.C + c) * KK + tap] = total;
+        for (int w = 0; w < warps_per_lane; ++w) total += lane_warp_sums[w * ch * KK + e];
+        channel_partial[((int64_t(blockIdx.x) * g.B + t.b) * g.C + ls.c0) * KK + e] = total;
       }
     }
   }

@@ -26,6 +26,7 @@ constexpr int kBlockThreads = 256;
 // grad_spatial_filter), so the split stops at about one full wave.
 constexpr int64_t kTargetBlocks = 1024;
 constexpr std::size_t kMaxSharedBytes = 48 * 1024;  // no opt-in attribute needed below this
+constexpr int kLaneChannels = 8;
 constexpr int64_t kMaxIndex = (int64_t(1) << 31) - 1;
 
 enum class Kernel { Forward, GradInput, FilterGrads };
@@ -39,6 +40,7 @@ struct TiledGeometry {
   int tiles_x;   // tiles along the map's width; blockIdx.x = tile_y * tiles_x + tile_x
   int split_channels;  // channels of a head per block; blockIdx.y = split
   int splits;          // blocks per head along the channels
+  int lane_channels;   // channels a lane stages and computes per step (between two barriers)
   int halo_h, halo_w;  // the staged tile (input for Forward/FilterGrads, grad_output for GradInput)
   int rows_per_thread; // map rows each thread covers (FilterGrads: 2 for k = 3, else 1)
 };
@@ -70,9 +72,9 @@ inline int pow2_at_least(int64_t n, int cap) {
 
 inline std::size_t round4(std::size_t n) { return (n + 3) / 4 * 4; }
 
-// Shared floats of one launch, given its block.
-inline std::size_t shared_floats(Kernel kernel, int k, int s, int d, int tx, int ty, int tz, int rows, int* halo_h,
-                                 int* halo_w) {
+// Shared floats of one launch, given its block: per lane, `ch` channels of (filter, tile).
+inline std::size_t shared_floats(Kernel kernel, int k, int s, int d, int tx, int ty, int tz, int ch, int rows,
+                                 int* halo_h, int* halo_w) {
   const int span = (k - 1) * d;
   const std::size_t lane_filter = padded_taps(k);
   if (kernel == Kernel::GradInput) {
@@ -80,14 +82,15 @@ inline std::size_t shared_floats(Kernel kernel, int k, int s, int d, int tx, int
     *halo_h = (ty - 1 + span) / s + 2;
     *halo_w = (tx - 1 + span) / s + 2;
     const std::size_t plane = round4(std::size_t(*halo_h) * *halo_w);
-    return std::size_t(k) * k * plane + tz * (lane_filter + plane);
+    return std::size_t(k) * k * plane + std::size_t(tz) * ch * (lane_filter + plane);
   }
   *halo_h = (ty * rows - 1) * s + span + 1;
   *halo_w = (tx - 1) * s + span + 1;
   const std::size_t plane = round4(std::size_t(*halo_h) * *halo_w);
-  std::size_t floats = tz * (lane_filter + plane);
+  std::size_t floats = std::size_t(tz) * ch * (lane_filter + plane);
   if (kernel == Kernel::FilterGrads) {
-    floats += std::size_t(tx * ty * tz / 32) * k * k;  // per-warp partial channel-filter sums
+    floats += std::size_t(tx * ty * tz / 32) * ch * k * k;  // per-warp partial channel-filter sums
+    floats += std::size_t(tx) * ty * tz * ch * rows;          // each thread's grad_output values
     // At the end the lanes hand their spatial-filter sums to lane 0 through the same memory.
     if (tz > 1) floats = std::max(floats, std::size_t(tx) * ty * rows * k * k);
   }
@@ -122,32 +125,42 @@ inline TiledPlan plan_tiled(Kernel kernel, const Geometry& geo, bool contiguous,
   const int tx = pow2_at_least(map_w, 32);
   int ty = pow2_at_least((map_h + rows - 1) / rows, kBlockThreads / tx);
   while (tx * ty < 32) ty *= 2;
-  int tz = std::min(kBlockThreads / (tx * ty), pow2_at_least(cph, 8));
+  // Each lane stages up to kLaneChannels channels per step (fewer barriers and less index
+  // math per channel).
+  int ch = int(std::min<int64_t>(kLaneChannels, cph));
+  int tz = std::min(kBlockThreads / (tx * ty), pow2_at_least(ceil_div(cph, ch), 8));
   int halo_h = 0, halo_w = 0;
-  std::size_t floats = shared_floats(kernel, int(k), int(s), int(geo.dilation), tx, ty, tz, rows, &halo_h, &halo_w);
-  // Too much shared memory (large dilation, k = 7): fewer lanes, then fewer rows.
-  while (floats * 4 > kMaxSharedBytes && (tz > 1 || tx * ty > 32)) {
-    if (tz > 1) {
+  auto floats_now = [&] {
+    return shared_floats(kernel, int(k), int(s), int(geo.dilation), tx, ty, tz, ch, rows, &halo_h, &halo_w);
+  };
+  std::size_t floats = floats_now();
+  // Too much shared memory (large dilation, k = 7): fewer channels per step, fewer lanes,
+  // then fewer rows.
+  while (floats * 4 > kMaxSharedBytes && (ch > 1 || tz > 1 || tx * ty > 32)) {
+    if (ch > 1) {
+      ch /= 2;
+    } else if (tz > 1) {
       tz /= 2;
     } else {
       ty /= 2;
     }
-    floats = shared_floats(kernel, int(k), int(s), int(geo.dilation), tx, ty, tz, rows, &halo_h, &halo_w);
+    floats = floats_now();
   }
   if (floats * 4 > kMaxSharedBytes) return p.reason = "the staged halo needs more than 48 KiB of shared memory", p;
 
   const int64_t tiles_x = ceil_div(map_w, tx), tiles = tiles_x * ceil_div(map_h, int64_t(ty) * rows);
   const int64_t base_blocks = tiles * geo.B * geo.G;
-  const int64_t max_splits = ceil_div(cph, tz);
+  const int64_t step_channels = int64_t(tz) * ch;
+  const int64_t max_splits = ceil_div(cph, step_channels);
   const int64_t want = std::min(std::max<int64_t>(ceil_div(kTargetBlocks, base_blocks), 1), max_splits);
-  const int64_t split_channels = ceil_div(ceil_div(cph, want), tz) * tz;
+  const int64_t split_channels = ceil_div(ceil_div(cph, want), step_channels) * step_channels;
   const int64_t splits = ceil_div(cph, split_channels);
   if (tiles > max_grid_x || splits > max_grid_y) return p.reason = "grid larger than the launcher's limits", p;
 
   p.use = true;
   p.g = TiledGeometry{int(geo.B), int(geo.C), int(geo.H), int(geo.W), int(geo.Ho), int(geo.Wo), int(geo.G),
                       int(cph), int(geo.dilation), int(geo.pad()), int(tiles_x), int(split_channels), int(splits),
-                      halo_h, halo_w, rows};
+                      ch, halo_h, halo_w, rows};
   p.grid_x = unsigned(tiles);
   p.grid_y = unsigned(splits);
   p.grid_z = unsigned(geo.B * geo.G);

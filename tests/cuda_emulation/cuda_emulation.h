@@ -64,6 +64,7 @@ constexpr int warpSize = 32;
 #define __host__
 #define __forceinline__ inline __attribute__((always_inline))
 #define __launch_bounds__(...)
+#define __maxnreg__(...)
 #define __restrict__ __restrict
 #define __align__(n) __attribute__((aligned(n)))
 // Function-local statics: one copy, which the threads of the running block share (blocks
