@@ -113,15 +113,16 @@ __device__ __forceinline__ void stage_planes(const scalar_t* first, int plane_el
     for (int col = threadIdx.x; col < halo_w; col += blockDim.x) {
       const int x = c0 + col;
       float* dst = tiles + r * halo_w + col;
-      // Pointer steps, not indices: no 64-bit index math per element and channel.
-      if (row_in && x >= 0 && x < cols) {
-        const scalar_t* src = first + y * cols + x;
-#pragma unroll 1
-        for (int u = 0; u < active; ++u, src += plane_elems, dst += tile_floats) *dst = widen(*src);
-      } else {
-#pragma unroll 1
-        for (int u = 0; u < active; ++u, dst += tile_floats) *dst = 0.f;
-      }
+      const bool inside = row_in && x >= 0 && x < cols;
+      const scalar_t* src = first + (inside ? y * cols + x : 0);
+      // All the step's loads first, then the stores: up to kLaneChannels loads in flight per
+      // thread (a load-store loop would wait for each load in turn).
+      float v[kLaneChannels];
+#pragma unroll
+      for (int u = 0; u < kLaneChannels; ++u) v[u] = inside && u < active ? widen(src[u * plane_elems]) : 0.f;
+#pragma unroll
+      for (int u = 0; u < kLaneChannels; ++u)
+        if (u < active) dst[u * tile_floats] = v[u];
     }
   }
 }
