@@ -132,7 +132,10 @@ BackwardPaths launch_backward(
   paths.filter_grads = Path::Generic;
   if constexpr (kTiledDtype<scalar_t>) {
     if (p.use) {
-      float* channel_partial = want_channel ? workspace(p.channel_partials) : nullptr;
+      // A map of one tile needs no partial sums: the kernel writes grad_channel_filter.
+      const bool one_tile = p.grid_x == 1;
+      float* channel_partial = want_channel && !one_tile ? workspace(p.channel_partials) : nullptr;
+      scalar_t* channel_direct = want_channel && one_tile ? gcf : nullptr;
       const int64_t spatial_count = g.B * g.G * kk * g.Ho * g.Wo;
       // One split per head and a contiguous result: the kernel writes grad_spatial_filter itself.
       const bool direct = p.g.splits == 1 && nchw_contiguous(gss, g.B, g.G * kk, g.Ho, g.Wo);
@@ -140,10 +143,10 @@ BackwardPaths launch_backward(
       scalar_t* spatial_direct = want_spatial && direct ? gsf : nullptr;
       dispatch_tap_geometry(g.k, g.stride, [&](auto K, auto S) {
         launch(tiled::tiled_filter_grads_kernel<scalar_t, M, K.value, S.value, tiled::filter_grad_rows(K.value)>,
-               grid_of(p), block_of(p), p.shared_bytes, go, x, cf, cs, sf, channel_partial, spatial_direct,
+               grid_of(p), block_of(p), p.shared_bytes, go, x, cf, cs, sf, channel_partial, channel_direct, gcs, spatial_direct,
                spatial_partial, p.g);
       });
-      if (want_channel) {
+      if (channel_partial != nullptr) {
         const int64_t count = g.B * g.C * kk;
         launch(tiled::sum_channel_partials_kernel<scalar_t>, flat_grid(count, limits), dim3(kThreads), 0,
                static_cast<const float*>(channel_partial), int64_t(p.grid_x), g.C, g.k, gcf, gcs, count);

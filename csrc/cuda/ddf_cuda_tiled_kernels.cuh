@@ -361,8 +361,9 @@ __device__ __forceinline__ void filter_grads_pixels(const float (&gv)[R], const 
   }
 }
 
-// Each thread covers R consecutive output rows of one column. channel_partial (null: not
-// asked for) gets [tile][b][c][tap] sums over the tile's pixels; grad_spatial is written
+// Each thread covers R consecutive output rows of one column. channel_partial gets
+// [tile][b][c][tap] sums over the tile's pixels, or, when the map is one tile, grad_channel
+// gets the result itself (both null: not asked for); grad_spatial is written
 // directly (one split per head, contiguous result) or spatial_partial gets [split][...].
 template <typename scalar_t, Combine M, int K, int S, int R>
 __global__ void __maxnreg__(K == 3 ? 128 : (K == 5 ? 200 : 255)) tiled_filter_grads_kernel(
@@ -371,6 +372,7 @@ __global__ void __maxnreg__(K == 3 ? 128 : (K == 5 ? 200 : 255)) tiled_filter_gr
     const scalar_t* __restrict__ cf, Strides4 cs,
     const scalar_t* __restrict__ sf,
     float* __restrict__ channel_partial,
+    scalar_t* __restrict__ grad_channel, Strides4 gcs,
     scalar_t* __restrict__ grad_spatial,
     float* __restrict__ spatial_partial,
     TiledGeometry g) {
@@ -390,7 +392,7 @@ __global__ void __maxnreg__(K == 3 ? 128 : (K == 5 ? 200 : 255)) tiled_filter_gr
   // [lane][u][r][lane thread]: each thread's own grad_output values of a step, after the sums.
   float* go_own = smem + blockDim.z * ch * (KP + plane + warps_per_lane * KK) + tz * ch * R * lane_threads + lt;
   __shared__ int nonfinite_go[kBlockThreads / 32];
-  const bool want_channel = channel_partial != nullptr;
+  const bool want_channel = channel_partial != nullptr || grad_channel != nullptr;
   const bool want_spatial = grad_spatial != nullptr || spatial_partial != nullptr;
   const int ox = t.x0 + threadIdx.x, oy0 = t.y0 + threadIdx.y * R;
 
@@ -477,7 +479,11 @@ __global__ void __maxnreg__(K == 3 ? 128 : (K == 5 ? 200 : 255)) tiled_filter_gr
       for (int e = lt; e < ls.active * KK; e += lane_threads) {
         float total = 0.f;
         for (int w = 0; w < warps_per_lane; ++w) total += lane_warp_sums[w * ch * KK + e];
-        channel_partial[((int64_t(blockIdx.x) * g.B + t.b) * g.C + ls.c0) * KK + e] = total;
+        if (grad_channel != nullptr) {  // one tile: the block's sums are the result
+          grad_channel[gcs.offset(t.b, ls.c0 + e / KK, e % KK / K, e % K)] = narrow<scalar_t>(total);
+        } else {
+          channel_partial[((int64_t(blockIdx.x) * g.B + t.b) * g.C + ls.c0) * KK + e] = total;
+        }
       }
     }
   }

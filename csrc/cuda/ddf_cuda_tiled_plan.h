@@ -25,6 +25,9 @@ constexpr int kBlockThreads = 256;
 // spatial-filter tile once more (and, in the filter-gradient kernel, writes one more partial
 // grad_spatial_filter), so the split stops at about one full wave.
 constexpr int64_t kTargetBlocks = 1024;
+// The filter-gradient kernel splits less (about two blocks per SM): each split adds a float
+// partial grad_spatial_filter, written and read back once more.
+constexpr int64_t kTargetBlocksFilterGrads = 264;
 constexpr std::size_t kMaxSharedBytes = 48 * 1024;  // no opt-in attribute needed below this
 constexpr int kLaneChannels = 8;
 constexpr int64_t kMaxIndex = (int64_t(1) << 31) - 1;
@@ -152,7 +155,8 @@ inline TiledPlan plan_tiled(Kernel kernel, const Geometry& geo, bool contiguous,
   const int64_t base_blocks = tiles * geo.B * geo.G;
   const int64_t step_channels = int64_t(tz) * ch;
   const int64_t max_splits = ceil_div(cph, step_channels);
-  const int64_t want = std::min(std::max<int64_t>(ceil_div(kTargetBlocks, base_blocks), 1), max_splits);
+  const int64_t target = kernel == Kernel::FilterGrads ? kTargetBlocksFilterGrads : kTargetBlocks;
+  const int64_t want = std::min(std::max<int64_t>(ceil_div(target, base_blocks), 1), max_splits);
   const int64_t split_channels = ceil_div(ceil_div(cph, want), step_channels) * step_channels;
   const int64_t splits = ceil_div(cph, split_channels);
   if (tiles > max_grid_x || splits > max_grid_y) return p.reason = "grid larger than the launcher's limits", p;
