@@ -13,7 +13,11 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION := 2.14.1
-TEST_DEPS := ninja pytest expecttest hypothesis
+# Test-only: hypothesis (property tests), timm (the registry entry points), torchvision
+# (FX feature extraction), onnx/onnxscript/onnxruntime (the ONNX export check), matplotlib
+# (the benchmark plot). None is needed to use ddf_ops.
+TEST_DEPS := ninja pytest expecttest hypothesis timm==1.0.29 torchvision==0.29.1 \
+	onnx==1.23.2 onnxscript==0.7.2 onnxruntime==1.32.0 matplotlib==3.11.2
 PYTEST_ARGS ?=
 export MAX_JOBS ?= 2
 
@@ -28,7 +32,8 @@ CMAKE_BUILD_DIR := build/cmake
 
 .PHONY: test demo build cmake-build cmake-test cuda-emulation bench gpu-check clean
 
-$(VENV)/.installed:
+# The stamp depends on this file, so a change to TEST_DEPS reinstalls.
+$(VENV)/.installed: Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==$(TORCH_VERSION) $(TEST_DEPS)
