@@ -3,6 +3,9 @@
 #include <ATen/ops/empty.h>
 #include <c10/core/SymBool.h>
 
+#include <algorithm>
+#include <utility>
+
 // A shape condition that may be symbolic: a guard or runtime assert under dynamic shapes,
 // a plain check on real tensors. Raises ValueError in Python.
 #define DDF_CHECK_SHAPE(cond, ...) \
@@ -16,7 +19,7 @@ bool is_supported_dtype(at::ScalarType t) {
 }
 
 void check_tensor(const at::Tensor& t, const char* name, const at::Tensor& input, const char* layout) {
-  TORCH_CHECK_VALUE(t.defined(), "ddf: ", name, " is an undefined tensor");
+  check_defined({{&t, name}});
   TORCH_CHECK_VALUE(
       t.dim() == 4, "ddf: expected ", name, " to be a 4-D tensor ", layout, ", but got a ", t.dim(),
       "-D tensor of shape ", t.sym_sizes());
@@ -32,6 +35,12 @@ void check_tensor(const at::Tensor& t, const char* name, const at::Tensor& input
 }
 
 }  // namespace
+
+void check_defined(std::initializer_list<std::pair<const at::Tensor*, const char*>> tensors) {
+  for (const auto& [t, name] : tensors) {
+    TORCH_CHECK_TYPE(t->defined(), "ddf: expected ", name, " to be a Tensor, but got None (an undefined tensor)");
+  }
+}
 
 SymSizes check_ddf_args(
     const at::Tensor& input,
@@ -72,6 +81,13 @@ SymSizes check_ddf_args(
       s.k.sym_ge(1) & (s.k % 2).sym_eq(1),
       "expected an odd kernel size k = channel_filter.size(2) >= 1, but got k = ", s.k);
 
+  // k comes from a shape that an expanded view can make huge: bound it before k*k, so that
+  // k*k and every tap offset below fit in int64 (and agree on every device).
+  if (auto k = s.k.maybe_as_int()) {
+    TORCH_CHECK_VALUE(
+        *k <= kMaxKernelSize, "ddf: expected the kernel size k = channel_filter.size(2) to be at most ",
+        kMaxKernelSize, ", but got k = ", *k);
+  }
   const c10::SymInt kk = s.k * s.k;
   DDF_CHECK_SHAPE(
       sf[0].sym_eq(s.B), "expected spatial_filter.size(0) to equal the batch size input.size(0) = ", s.B,
@@ -85,9 +101,28 @@ SymSizes check_ddf_args(
       (s.C % s.G).sym_eq(0), "expected the heads G = spatial_filter.size(1) / (k*k) = ", s.G,
       " to divide the channels C = input.size(1) = ", s.C);
 
-  // ceil(H / s) == (H - 1) // s + 1: the size nn.Conv2d(padding=d*(k-1)//2, stride=s) gives.
-  s.Ho = (s.H + (stride - 1)) / stride;
-  s.Wo = (s.W + (stride - 1)) / stride;
+  // Image sizes and the receptive field bounded so that every index below fits in int64
+  // (only expanded views can reach these bounds: no real tensor is that large).
+  for (const auto& [size, name] : {std::pair{s.H, "input.size(2)"}, std::pair{s.W, "input.size(3)"}}) {
+    if (auto n = size.maybe_as_int()) {
+      TORCH_CHECK_VALUE(*n <= kMaxImageSize, "ddf: expected ", name, " to be at most ", kMaxImageSize, ", but got ", *n);
+    }
+  }
+  if (auto k = s.k.maybe_as_int(); k && s.H.maybe_as_int() && s.W.maybe_as_int()) {
+    const int64_t reach = (*k - 1) / 2, d = canonical_step(dilation, *s.H.maybe_as_int(), *s.W.maybe_as_int());
+    int64_t pad = 0;
+    TORCH_CHECK_VALUE(
+        !__builtin_mul_overflow(reach, d, &pad) && pad <= kMaxImageSize, "ddf: expected the padding (k-1)/2 * dilation = ",
+        reach, " * ", d, " to be at most ", kMaxImageSize, " for k = ", *k, " and an image of size (", *s.H.maybe_as_int(),
+        ", ", *s.W.maybe_as_int(), ")");
+  }
+
+  // ceil(H / s), the size nn.Conv2d(padding=d*(k-1)//2, stride=s) gives. A stride past
+  // kMaxImageSize gives the same sizes as kMaxImageSize (one output row or column), and keeps
+  // H + s - 1 from overflowing.
+  const int64_t shape_stride = std::min(stride, kMaxImageSize);
+  s.Ho = (s.H + (shape_stride - 1)) / shape_stride;
+  s.Wo = (s.W + (shape_stride - 1)) / shape_stride;
   DDF_CHECK_SHAPE(
       sf[2].sym_eq(s.Ho) & sf[3].sym_eq(s.Wo), "expected spatial_filter to have spatial size (Ho, Wo) = (",
       s.Ho, ", ", s.Wo, ") for input (H, W) = (", s.H, ", ", s.W, ") and stride ", stride,
@@ -113,6 +148,13 @@ SymSizes check_ddf_backward_args(
   return s;
 }
 
+int64_t canonical_step(int64_t step, int64_t H, int64_t W) {
+  // A dilation d >= max(H, W) puts every tap but the centre outside the image, whatever d;
+  // a stride s >= max(H, W) leaves one output pixel (0, 0), whatever s. So any step past
+  // max(H, W) computes exactly what max(H, W) does, and the index math stays small.
+  return std::min(step, std::max<int64_t>({H, W, 1}));
+}
+
 Combine parse_combine(c10::string_view combine) {
   return combine == "add" ? Combine::Add : Combine::Mul;
 }
@@ -127,8 +169,8 @@ Geometry concrete_geometry(const SymSizes& s, int64_t stride, int64_t dilation) 
   g.G = s.G.expect_int();
   g.Ho = s.Ho.expect_int();
   g.Wo = s.Wo.expect_int();
-  g.stride = stride;
-  g.dilation = dilation;
+  g.stride = canonical_step(stride, g.H, g.W);
+  g.dilation = canonical_step(dilation, g.H, g.W);
   return g;
 }
 
@@ -136,10 +178,20 @@ Strides4 strides_of(const at::Tensor& t) {
   return Strides4{t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
 }
 
+bool is_channels_last(const at::Tensor& t) {
+  // Channels innermost (stride 1), then columns (stride C): the strides torch gives a
+  // channels_last tensor. Read from the strides alone with guard_or_false, not through
+  // suggest_memory_format, which guards on the sizes (Eq(W, 0)) and so fails on unbacked
+  // (data-dependent) sizes. Real and fake tensors take the same decision wherever it is
+  // decidable, which it is for the strides torch computes (torch writes max(C, 1) there).
+  const auto& st = t.sym_strides();
+  const c10::SymInt one(1);
+  return c10::guard_or_false(st[1].sym_eq(1), __FILE__, __LINE__) &&
+      c10::guard_or_false(st[3].sym_eq(t.sym_size(1).max(one)), __FILE__, __LINE__);
+}
+
 at::Tensor empty_like_layout(c10::SymIntArrayRef sizes, const at::Tensor& like) {
-  const auto format = like.suggest_memory_format() == at::MemoryFormat::ChannelsLast
-      ? at::MemoryFormat::ChannelsLast
-      : at::MemoryFormat::Contiguous;
+  const auto format = is_channels_last(like) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   return at::empty_symint(sizes, like.options(), format);
 }
 

@@ -10,15 +10,30 @@
 #include <c10/util/string_view.h>
 
 #include <array>
+#include <initializer_list>
+#include <utility>
 
 #include "ddf_geometry.h"
 
 namespace ddf {
 
+// Bounds that keep all index arithmetic in int64 on every device. Only expanded views
+// (stride-0 dimensions) can reach them; the checks raise a ValueError naming the argument.
+constexpr int64_t kMaxImageSize = int64_t(1) << 61;  // H and W, and the padding (k-1)/2*d
+constexpr int64_t kMaxKernelSize = int64_t(1) << 30;  // k, so that k*k and tap offsets fit
+
+// The stride or dilation the kernels use: min(step, max(H, W)), which computes exactly
+// what step does (see ddf_checks.cpp), so any int64 step works in bounded memory.
+int64_t canonical_step(int64_t step, int64_t H, int64_t W);
+
 // The sizes of one call, read off the (checked) arguments.
 struct SymSizes {
   c10::SymInt B, C, H, W, k, G, Ho, Wo;
 };
+
+// Raises a TypeError naming the first undefined tensor (None from Python). The autograd and
+// autocast kernels call it first: they touch the tensors before the device kernel's checks.
+void check_defined(std::initializer_list<std::pair<const at::Tensor*, const char*>> tensors);
 
 // Checks input, channel_filter, spatial_filter, stride, dilation and combine; throws a
 // c10::Error (ValueError/TypeError in Python) naming the argument, the expected and the

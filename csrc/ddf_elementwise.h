@@ -25,13 +25,14 @@ DDF_HOST_DEVICE typename AccType<scalar_t>::type forward_element(
   const scalar_t* cf_c = cf + b * cs.n + c * cs.c;
   const scalar_t* sf_px = sf + b * ss.n + g.sf_channel(c, 0, 0) * ss.c + y * ss.h + xo * ss.w;
   acc_t acc = 0;
-  for (int64_t i = 0; i < g.k; ++i) {
-    const int64_t iy = g.input_coord(y, i);
-    if (iy < 0 || iy >= g.H) continue;
-    const scalar_t* x_row = x_plane + iy * xs.h;
-    for (int64_t j = 0; j < g.k; ++j) {
+  // Only the taps inside the image: no value outside it (not even 0 * inf) reaches the sum.
+  int64_t i_lo, i_hi, j_lo, j_hi;
+  g.inside_taps(y, g.H, i_lo, i_hi);
+  g.inside_taps(xo, g.W, j_lo, j_hi);
+  for (int64_t i = i_lo; i < i_hi; ++i) {
+    const scalar_t* x_row = x_plane + g.input_coord(y, i) * xs.h;
+    for (int64_t j = j_lo; j < j_hi; ++j) {
       const int64_t ix = g.input_coord(xo, j);
-      if (ix < 0 || ix >= g.W) continue;
       const acc_t f = combine_filters<M>(
           widen(cf_c[i * cs.h + j * cs.w]), widen(sf_px[(i * g.k + j) * ss.c]));
       acc += widen(x_row[ix * xs.w]) * f;
@@ -53,10 +54,13 @@ DDF_HOST_DEVICE typename AccType<scalar_t>::type grad_input_element(
   const scalar_t* cf_c = cf + b * cs.n + c * cs.c;
   const scalar_t* sf_head = sf + b * ss.n + g.sf_channel(c, 0, 0) * ss.c;
   acc_t acc = 0;
-  for (int64_t i = 0; i < g.k; ++i) {
+  int64_t i_lo, i_hi, j_lo, j_hi;
+  g.reaching_taps(iy, g.Ho, i_lo, i_hi);
+  g.reaching_taps(ix, g.Wo, j_lo, j_hi);
+  for (int64_t i = i_lo; i < i_hi; ++i) {
     const int64_t y = g.output_coord(iy, i, g.Ho);
     if (y < 0) continue;
-    for (int64_t j = 0; j < g.k; ++j) {
+    for (int64_t j = j_lo; j < j_hi; ++j) {
       const int64_t xo = g.output_coord(ix, j, g.Wo);
       if (xo < 0) continue;
       const acc_t f = combine_filters<M>(

@@ -75,6 +75,24 @@ struct Geometry {
   DDF_HOST_DEVICE int64_t input_coord(int64_t o, int64_t t) const {
     return o * stride + t * dilation - pad();
   }
+  // The taps t in [lo, hi) are those whose input coordinate input_coord(o, t) lies in
+  // [0, n): an interval, so loops visit only taps inside the image, and a kernel far larger
+  // than the image costs nothing.
+  DDF_HOST_DEVICE void inside_taps(int64_t o, int64_t n, int64_t& lo, int64_t& hi) const {
+    const int64_t base = o * stride - pad();  // input coordinate of tap 0
+    lo = base >= 0 ? 0 : ceil_div(-base, dilation);
+    const int64_t last = base >= n ? -1 : floor_div(n - 1 - base, dilation);
+    hi = last + 1 < k ? last + 1 : k;
+  }
+  // The taps t in [lo, hi) may read input coordinate n from some output coordinate in
+  // [0, out_size) (output_coord still checks the stride's parity): again an interval.
+  DDF_HOST_DEVICE void reaching_taps(int64_t n, int64_t out_size, int64_t& lo, int64_t& hi) const {
+    const int64_t top = n + pad();                        // t*d <= top (output coordinate >= 0)
+    const int64_t low = top - (out_size - 1) * stride;    // t*d >= low (output coordinate < out_size)
+    lo = low <= 0 ? 0 : ceil_div(low, dilation);
+    const int64_t last = top < 0 ? -1 : top / dilation;
+    hi = last + 1 < k ? last + 1 : k;
+  }
   // The output coordinate whose tap t reads input coordinate n, or -1 if there is none
   // (the transpose of input_coord, used by the gradient with respect to the input).
   DDF_HOST_DEVICE int64_t output_coord(int64_t n, int64_t t, int64_t out_size) const {

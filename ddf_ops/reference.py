@@ -38,3 +38,62 @@ def ddf(
             f = cf[:, :, :, t] * sf[:, :, :, t] if combine == "mul" else cf[:, :, :, t] + sf[:, :, :, t]
             out = tap * f if out is None else out + tap * f
     return out.reshape(B, C, Ho, Wo)
+
+
+def _inside(offsets, stride: int, dilation: int, reach: int, n: int, out: int):
+    """For tap offsets t - reach: the input coordinate each output coordinate reads, clamped
+    into the image, and whether it lies inside. Python integers, so any stride/dilation works."""
+    index, inside = [], []
+    for t in offsets:
+        coords = [o * stride + (t - reach) * dilation for o in range(out)]
+        inside.append([0 <= c < n for c in coords])
+        index.append([min(max(c, 0), max(n - 1, 0)) for c in coords])
+    return index, inside
+
+
+def ddf_inside_taps(
+    input: Tensor,
+    channel_filter: Tensor,
+    spatial_filter: Tensor,
+    stride: int = 1,
+    dilation: int = 1,
+    combine: str = "mul",
+) -> Tensor:
+    """:func:`ddf` where taps outside the image do not exist, instead of reading zeros.
+
+    The two agree on finite inputs. With inf or NaN they differ: here (as in the kernels) a
+    non-finite value reaches exactly the results that depend on it, never through 0 * inf at
+    the padding, in the values and in every gradient. The image is gathered tap by tap with
+    Python-integer index arithmetic and nothing is padded, so any stride or dilation (up to
+    2**63 - 1) works in memory proportional to the tensors. The oracle of the non-finite and
+    huge-stride tests; slow (k*k gathers).
+    """
+    if combine not in ("mul", "add"):
+        raise ValueError(f'combine must be "mul" or "add", got {combine!r}')
+    B, C, H, W = input.shape
+    k = channel_filter.shape[-1]
+    G = spatial_filter.shape[1] // (k * k)
+    Ho, Wo = (H - 1) // stride + 1 if H else 0, (W - 1) // stride + 1 if W else 0
+    r = (k - 1) // 2
+    rows, rows_in = _inside(range(k), stride, dilation, r, H, Ho)
+    cols, cols_in = _inside(range(k), stride, dilation, r, W, Wo)
+    dev = input.device
+    x = input.reshape(B, G, C // G, H, W)
+    cf = channel_filter.reshape(B, G, C // G, k * k, 1, 1)
+    sf = spatial_filter.reshape(B, G, 1, k * k, Ho, Wo)
+    out = input.new_zeros(B, G, C // G, Ho, Wo)
+    for i in range(k):
+        for j in range(k):
+            t = i * k + j
+            mask = torch.tensor(rows_in[i], device=dev)[:, None] & torch.tensor(cols_in[j], device=dev)[None, :]
+            if not bool(mask.any()):
+                continue
+            tap = x.index_select(3, torch.tensor(rows[i], device=dev)).index_select(4, torch.tensor(cols[j], device=dev))
+            # Masked at every step (torch.where, not a product with a 0/1 mask), so that no
+            # gradient multiplies a non-finite value by a masked zero: the gathered tap holds
+            # real (clamped) pixels where the tap is outside.
+            zero = torch.zeros((), dtype=input.dtype, device=dev)
+            s = torch.where(mask, sf[:, :, :, t], zero)
+            f = torch.where(mask, cf[:, :, :, t] * s if combine == "mul" else cf[:, :, :, t] + s, zero)
+            out = out + torch.where(mask, tap * f, zero)
+    return out.reshape(B, C, Ho, Wo)

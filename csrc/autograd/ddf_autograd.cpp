@@ -22,6 +22,7 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "../ddf_checks.h"
 #include "../ddf_op_calls.h"
 
 namespace ddf {
@@ -178,6 +179,7 @@ at::Tensor ddf_autograd(
     int64_t stride,
     int64_t dilation,
     c10::string_view combine) {
+  check_defined({{&input, "input"}, {&channel_filter, "channel_filter"}, {&spatial_filter, "spatial_filter"}});
   return DDFFunction::apply(input, channel_filter, spatial_filter, stride, dilation, combine);
 }
 
@@ -190,6 +192,8 @@ Grads ddf_backward_autograd(
     int64_t dilation,
     c10::string_view combine,
     Mask mask) {
+  check_defined({{&grad_output, "grad_output"}, {&input, "input"}, {&channel_filter, "channel_filter"},
+                 {&spatial_filter, "spatial_filter"}});
   const variable_list out =
       DDFBackwardFunction::apply(grad_output, input, channel_filter, spatial_filter, stride, dilation, combine, mask);
   at::Tensor placed[3];

@@ -27,6 +27,7 @@
 
 #include "../ddf_checks.h"
 #include "../ddf_dtype_dispatch.h"
+#include "ddf_cpu_direct.h"
 #include "ddf_cpu_taps.h"
 
 namespace ddf {
@@ -50,6 +51,25 @@ int64_t band_rows(int64_t rows, int64_t row_len, int64_t planes, int64_t tasks_w
   int64_t r = std::max(ceil_div(rows, bands_wanted), kMinBandRows);
   r = std::min(r, std::max<int64_t>(1, kMaxBandElements / std::max<int64_t>(row_len, 1)));
   return std::max<int64_t>(1, std::min(r, rows));
+}
+
+// Per-channel elements of the flat buffers of a one-row band: s*s phase planes of
+// (a_max + 2) rows of length L, and k*k spatial-filter rows (see Layout). A double, since a
+// hostile stride or kernel size would overflow an int64 here.
+double flat_elements_per_row(const Geometry& g) {
+  const double s = static_cast<double>(g.stride), reach = static_cast<double>((g.k - 1) * g.dilation / g.stride);
+  const double L = std::max(static_cast<double>(g.Wo) + reach, static_cast<double>((g.W - 1 + g.pad()) / g.stride + 1));
+  return s * s * (reach + 2) * L + static_cast<double>(g.taps()) * L;
+}
+
+// The flat layout (fast) where its buffers stay small: within a fixed budget, or twice what
+// one channel of the image and its spatial filter hold. Beyond that (a stride or dilation
+// large next to the image) the direct kernels run, with no buffers at all, so memory is
+// always proportional to the tensors.
+bool use_flat_layout(const Geometry& g) {
+  constexpr double kBudget = 1 << 20;
+  const double channel = static_cast<double>(g.H) * g.W + static_cast<double>(g.taps()) * g.Ho * g.Wo;
+  return flat_elements_per_row(g) <= std::max(kBudget, 2 * channel);
 }
 
 int64_t tasks_for_threads() {
@@ -243,6 +263,9 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& cf, const at::Ten
   const scalar_t* cf_ptr = cf.const_data_ptr<scalar_t>();
   const scalar_t* sf_ptr = sf.const_data_ptr<scalar_t>();
   scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
+  Operands<scalar_t> ops;
+  ops.x = x_ptr, ops.xs = xs, ops.cf = cf_ptr, ops.cs = cs, ops.sf = sf_ptr, ops.ss = ss;
+  if (!use_flat_layout(g)) return direct_forward_all<M>(ops, out_ptr, os, g);
 
   const Layout lay(g);
   const int64_t kk = lay.kk, s = g.stride, L = lay.L, cph = g.channels_per_head();
@@ -282,6 +305,9 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& cf, const at::Ten
         apply_taps_block<M, acc_t>(cb, outs.data(), n, a.data(), w.data(), cfv.data(), kk);
         for (int64_t k = 0; k < cb; ++k) {
           copy_block(outs[k], L, int64_t(1), out_ptr + os.offset(task.b, c0 + k, y0, 0), os.h, os.w, ny, g.Wo);
+          if (!all_finite(outs[k], L, ny, g.Wo)) {
+            direct_forward<M>(ops, out_ptr, os, g, task.b, c0 + k, c0 + k + 1, y0, y0 + ny);  // see ddf_cpu_direct.h
+          }
         }
       });
     }
@@ -310,10 +336,19 @@ void filter_grads_kernel(
   const scalar_t* x_ptr = input.const_data_ptr<scalar_t>();
   const scalar_t* cf_ptr = cf.const_data_ptr<scalar_t>();
   const scalar_t* sf_ptr = sf.const_data_ptr<scalar_t>();
+  Operands<scalar_t> ops;
+  ops.go = go_ptr, ops.gos = gos, ops.x = x_ptr, ops.xs = xs, ops.cf = cf_ptr, ops.cs = cs, ops.sf = sf_ptr, ops.ss = ss;
+  scalar_t* gc_ptr = want_cf ? grad_cf.mutable_data_ptr<scalar_t>() : nullptr;
+  scalar_t* gs_ptr = want_sf ? grad_sf.mutable_data_ptr<scalar_t>() : nullptr;
+  const Strides4 gcs = want_cf ? strides_of(grad_cf) : Strides4{}, gss = want_sf ? strides_of(grad_sf) : Strides4{};
+  if (!use_flat_layout(g)) return direct_filter_grads_all<M>(ops, gc_ptr, gcs, gs_ptr, gss, g);
 
   const Layout lay(g);
   const int64_t kk = lay.kk, s = g.stride, L = lay.L, cph = g.channels_per_head();
   const int64_t R = band_rows(g.Ho, L, g.B * g.G, kFilterGradTasks), bands = ceil_div(g.Ho, R);
+  // Per (b, c, band): whether the band's partial grad_cf came out non-finite (then the
+  // channel is recomputed by the direct kernel).
+  std::vector<uint8_t> cf_redo(want_cf ? static_cast<size_t>(g.B * g.C * bands) : 0, 0);
   const int64_t w_size = R * L + block, x_plane = (R + lay.a_max + 1) * L + block, x_size = s * s * x_plane;
   // grad_cf partial sums: [b][c][band][tap].
   std::vector<acc_t> cf_partial(want_cf ? static_cast<size_t>(g.B * g.C * bands * kk) : 0, acc_t(0));
@@ -359,23 +394,28 @@ void filter_grads_kernel(
             for (int64_t l = 0; l < lanes; ++l) sum += lane_sums[(k * kk + tap) * lanes + l];
             part[tap] = sum;
           }
+          cf_redo[(task.b * g.C + c0 + k) * bands + task.band] = !all_finite(part, kk, 1, kk);
         }
       });
       if (want_sf) {
-        const Strides4 gs = strides_of(grad_sf);
-        scalar_t* gs_ptr = grad_sf.mutable_data_ptr<scalar_t>();
+        bool finite = true;
         for (int64_t tap = 0; tap < kk; ++tap) {
-          copy_block(gsf[tap], L, int64_t(1), gs_ptr + gs.offset(task.b, task.h * kk + tap, y0, 0), gs.h, gs.w, ny, g.Wo);
+          copy_block(gsf[tap], L, int64_t(1), gs_ptr + gss.offset(task.b, task.h * kk + tap, y0, 0), gss.h, gss.w, ny, g.Wo);
+          finite = finite && all_finite(gsf[tap], L, ny, g.Wo);
         }
+        if (!finite) direct_grad_spatial<M>(ops, gs_ptr, gss, g, task.b, task.h, y0, y0 + ny);
       }
     }
   });
 
   if (want_cf) {
-    const Strides4 gcs = strides_of(grad_cf);
-    scalar_t* gc_ptr = grad_cf.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, g.B * g.C, 1, [&](int64_t begin, int64_t end) {
       for (int64_t bc = begin; bc < end; ++bc) {
+        const uint8_t* redo = cf_redo.data() + bc * bands;
+        if (std::any_of(redo, redo + bands, [](uint8_t r) { return r != 0; })) {
+          direct_grad_channel<M>(ops, gc_ptr, gcs, g, bc / g.C, bc % g.C);
+          continue;
+        }
         for (int64_t tap = 0; tap < kk; ++tap) {
           acc_t sum = 0;
           for (int64_t band = 0; band < bands; ++band) sum += cf_partial[(bc * bands + band) * kk + tap];
@@ -408,6 +448,9 @@ void input_grad_kernel(
   const scalar_t* cf_ptr = cf.const_data_ptr<scalar_t>();
   const scalar_t* sf_ptr = sf.const_data_ptr<scalar_t>();
   scalar_t* gi_ptr = grad_in.mutable_data_ptr<scalar_t>();
+  Operands<scalar_t> ops;
+  ops.go = go_ptr, ops.gos = gos, ops.cf = cf_ptr, ops.cs = cs, ops.sf = sf_ptr, ops.ss = ss;
+  if (!use_flat_layout(g)) return direct_grad_input_all<M>(ops, gi_ptr, gis, g);
 
   const Layout lay(g);
   const int64_t kk = lay.kk, s = g.stride, L = lay.L, pad = g.pad(), cph = g.channels_per_head();
@@ -439,6 +482,7 @@ void input_grad_kernel(
         load_output_rows(w_buf.data() + tap * w_size, sf_ptr + ss.offset(task.b, task.h * kk + tap, 0, 0), ss.h, ss.w, g, Y0, rows, L);
       }
       for_each_channel_block(task.h, cph, [&](int64_t c0, int64_t cb) {
+        bool redo[CB] = {};
         for (int64_t k = 0; k < cb; ++k) {
           load_output_rows(go_buf.data() + k * w_size, go_ptr + task.b * gos.n + (c0 + k) * gos.c, gos.h, gos.w, g, Y0, rows, L);
           load_channel_filter(cf_ptr, cs, g, task.b, c0 + k, cfv.data() + k * kk);
@@ -462,6 +506,7 @@ void input_grad_kernel(
             }
           }
           apply_taps_block<M, acc_t>(cb, dst.data(), n, a.data(), w.data(), cm.data(), m_taps);
+          for (int64_t k = 0; k < cb; ++k) redo[k] = redo[k] || !all_finite(dst[k], n, 1, n);
         }
         // Input column ix sits in phase plane column (ix + pad) % s at (ix + pad) / s.
         // Input pixel (iy, ix) sits in phase plane ((iy + pad) % s, (ix + pad) % s) at row
@@ -481,6 +526,7 @@ void input_grad_kernel(
                   ceil_div(g.W - ix0, s));
             }
           }
+          if (redo[k]) direct_grad_input<M>(ops, gi_ptr, gis, g, task.b, c0 + k, c0 + k + 1, iy0, iy1);
         }
       });
     }
