@@ -81,14 +81,36 @@ int64_t round_up(int64_t n, int64_t multiple) {
 }
 
 // The flat band layout of one call (see the top of this file).
+//
+// The dense variant (forward, stride 1, "mul"): rows are not padded (L = W), so a band of
+// a contiguous image is one contiguous copy and no per-row work is left; the columns a tap
+// reads past the row's ends land in the neighbouring row, and the spatial-filter value of
+// such a tap is zeroed instead (zero_outside_columns), which "mul" turns into a zero term.
+// (With "add" the term would be a * cf; that combine keeps the padded rows.) A non-finite
+// neighbour would make 0 * inf there: such results are recomputed (ddf_cpu_direct.h).
 struct Layout {
   int64_t s, kk, L, a_max, b_max;
+  bool dense = false;
+  int64_t margin = 0;                            // dense: zeros before and after a plane
   std::vector<int64_t> plane, shift;            // per tap: its phase plane and flat shift
   std::vector<std::vector<int64_t>> plane_taps;  // per phase plane: the taps that lie in it
 
-  explicit Layout(const Geometry& g) : s(g.stride), kk(g.taps()), plane_taps(g.stride * g.stride) {
+  Layout(const Geometry& g, bool allow_dense) : s(g.stride), kk(g.taps()), plane_taps(g.stride * g.stride) {
     const int64_t d = g.dilation;
     a_max = b_max = (g.k - 1) * d / s;
+    if (allow_dense && g.stride == 1) {
+      dense = true;
+      L = g.W;
+      margin = g.pad();
+      for (int64_t i = 0; i < g.k; ++i) {
+        for (int64_t j = 0; j < g.k; ++j) {
+          plane.push_back(0);
+          shift.push_back(margin + i * d * L + j * d - g.pad());
+          plane_taps[0].push_back(i * g.k + j);
+        }
+      }
+      return;
+    }
     // Long enough for every tap of every output column (with Wo..L-1 as the padding that
     // row wrap-around lands in) and for every input column.
     L = std::max(g.Wo + b_max, (g.W - 1 + g.pad()) / s + 1);
@@ -114,7 +136,7 @@ struct Layout {
 //   dst[r*dst_rs + c*dst_cs] = src[r*src_rs + c*src_cs]   for r < rows, c < cols.
 // One call per plane, not per row; vectorized per instruction set where rows are contiguous.
 template <typename S, typename D>
-DDF_CPU_CLONES DDF_NO_MEMCPY_CALLS void copy_block(
+DDF_INLINE void copy_block_body(
     const S* src,
     int64_t src_rs,
     int64_t src_cs,
@@ -123,6 +145,10 @@ DDF_CPU_CLONES DDF_NO_MEMCPY_CALLS void copy_block(
     int64_t dst_cs,
     int64_t rows,
     int64_t cols) {
+  if (src_cs == 1 && dst_cs == 1 && src_rs == cols && dst_rs == cols) {
+    cols *= rows;  // the rows are one contiguous run on both sides
+    rows = 1;
+  }
   for (int64_t r = 0; r < rows; ++r) {
     const S* from = src + r * src_rs;
     D* to = dst + r * dst_rs;
@@ -132,6 +158,24 @@ DDF_CPU_CLONES DDF_NO_MEMCPY_CALLS void copy_block(
       for (int64_t c = 0; c < cols; ++c) to[c * dst_cs] = static_cast<D>(from[c * src_cs]);
     }
   }
+}
+
+#define DDF_COPY_BLOCK(ISA, TARGET)                                                                  \
+  template <typename S, typename D>                                                                 \
+  TARGET DDF_NO_MEMCPY_CALLS void copy_block_isa(IsaTag<ISA>, const S* src, int64_t src_rs, int64_t src_cs, \
+                                                  D* dst, int64_t dst_rs, int64_t dst_cs, int64_t rows, int64_t cols) { \
+    copy_block_body(src, src_rs, src_cs, dst, dst_rs, dst_cs, rows, cols);                         \
+  }
+DDF_COPY_BLOCK(Isa::Baseline, )
+#if DDF_X86_ISA_DISPATCH
+DDF_COPY_BLOCK(Isa::Avx2, DDF_TARGET_AVX2)
+DDF_COPY_BLOCK(Isa::Avx512, DDF_TARGET_AVX512)
+#endif
+#undef DDF_COPY_BLOCK
+
+template <typename S, typename D>
+void copy_block(const S* src, int64_t src_rs, int64_t src_cs, D* dst, int64_t dst_rs, int64_t dst_cs, int64_t rows, int64_t cols) {
+  with_isa([&](auto isa) { copy_block_isa(isa, src, src_rs, src_cs, dst, dst_rs, dst_cs, rows, cols); });
 }
 
 // An output-sized plane (grad_output, or one spatial-filter channel) as flat rows:
@@ -206,6 +250,28 @@ void prefetch_rows(const scalar_t* plane, int64_t stride_h, int64_t stride_w, in
   }
 }
 
+// Dense layout (see Layout): rows y0 - pad .. of one channel, unpadded, after the margin:
+//   dst[margin + t*W + u] = X[y0 - pad + t, u]  for t < rows where the row is in the image.
+template <typename scalar_t, typename acc_t>
+void load_dense_rows(acc_t* dst, const scalar_t* plane, const Strides4& st, const Geometry& g, int64_t margin, int64_t y0, int64_t rows) {
+  const int64_t first = y0 - g.pad(), lo = std::max<int64_t>(first, 0), hi = std::min(first + rows, g.H);
+  if (hi <= lo) return;
+  copy_block(plane + lo * st.h, st.h, st.w, dst + margin + (lo - first) * g.W, g.W, int64_t(1), hi - lo, g.W);
+}
+
+// Dense layout: zeroes the spatial-filter values of tap column j at the output columns
+// where that tap lies left or right of the image (rows t < rows of a band, row length W).
+template <typename acc_t>
+void zero_outside_columns(acc_t* w, const Geometry& g, int64_t j, int64_t rows) {
+  const int64_t off = j * g.dilation - g.pad();  // input column = x + off
+  const int64_t left = std::min(g.W, std::max<int64_t>(0, -off)), right = std::max(left, std::min(g.W, g.W - off));
+  for (int64_t t = 0; t < rows; ++t) {
+    acc_t* row = w + t * g.W;
+    std::fill(row, row + left, acc_t(0));
+    std::fill(row + right, row + g.W, acc_t(0));
+  }
+}
+
 template <typename scalar_t, typename acc_t>
 void load_channel_filter(const scalar_t* cf, const Strides4& st, const Geometry& g, int64_t b, int64_t c, acc_t* out) {
   for (int64_t i = 0; i < g.k; ++i) {
@@ -235,20 +301,24 @@ void for_each_channel_block(int64_t h, int64_t cph, F&& f) {
 template <Combine M, typename acc_t, typename... Args>
 void apply_taps_block(int64_t cb, Args... args) {
   static_assert(kChannelBlock == 2, "one case per block size");
-  if (cb == 2) {
-    apply_taps<M, 2, acc_t>(args...);
-  } else {
-    apply_taps<M, 1, acc_t>(args...);
-  }
+  with_isa([&](auto isa) {
+    if (cb == 2) {
+      apply_taps<M, 2, acc_t>(isa, args...);
+    } else {
+      apply_taps<M, 1, acc_t>(isa, args...);
+    }
+  });
 }
 
 template <Combine M, typename acc_t, typename... Args>
 void tap_grads_block(int64_t cb, Args... args) {
-  if (cb == 2) {
-    tap_grads<M, 2, acc_t>(args...);
-  } else {
-    tap_grads<M, 1, acc_t>(args...);
-  }
+  with_isa([&](auto isa) {
+    if (cb == 2) {
+      tap_grads<M, 2, acc_t>(isa, args...);
+    } else {
+      tap_grads<M, 1, acc_t>(isa, args...);
+    }
+  });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -267,10 +337,12 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& cf, const at::Ten
   ops.x = x_ptr, ops.xs = xs, ops.cf = cf_ptr, ops.cs = cs, ops.sf = sf_ptr, ops.ss = ss;
   if (!use_flat_layout(g)) return direct_forward_all<M>(ops, out_ptr, os, g);
 
-  const Layout lay(g);
+  const Layout lay(g, M == Combine::Mul);
   const int64_t kk = lay.kk, s = g.stride, L = lay.L, cph = g.channels_per_head();
   const int64_t R = band_rows(g.Ho, L, g.B * g.G, tasks_for_threads()), bands = ceil_div(g.Ho, R);
-  const int64_t w_size = R * L + block, x_plane = (R + lay.a_max + 1) * L + block, x_size = s * s * x_plane;
+  const int64_t w_size = R * L + block;
+  const int64_t x_plane = lay.dense ? (R + lay.a_max) * L + block + 2 * lay.margin : (R + lay.a_max + 1) * L + block;
+  const int64_t x_size = s * s * x_plane;
 
   at::parallel_for(0, g.B * g.G * bands, 1, [&](int64_t begin, int64_t end) {
     // One input buffer, output buffer and channel filter per channel of a block.
@@ -292,10 +364,16 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& cf, const at::Ten
       for (int64_t tap = 0; tap < kk; ++tap) {
         w[tap] = w_buf.data() + tap * w_size;
         load_output_rows(w_buf.data() + tap * w_size, sf_ptr + ss.offset(task.b, task.h * kk + tap, 0, 0), ss.h, ss.w, g, y0, ny, L);
+        if (lay.dense) zero_outside_columns(w_buf.data() + tap * w_size, g, tap % g.k, ny);
       }
       for_each_channel_block(task.h, cph, [&](int64_t c0, int64_t cb) {
         for (int64_t k = 0; k < cb; ++k) {
-          load_phase_planes(x_buf.data() + k * x_size, x_plane, x_ptr + task.b * xs.n + (c0 + k) * xs.c, xs, g, y0, x_rows, L);
+          const scalar_t* x_plane_ptr = x_ptr + task.b * xs.n + (c0 + k) * xs.c;
+          if (lay.dense) {
+            load_dense_rows(x_buf.data() + k * x_size, x_plane_ptr, xs, g, lay.margin, y0, ny + lay.a_max);
+          } else {
+            load_phase_planes(x_buf.data() + k * x_size, x_plane, x_plane_ptr, xs, g, y0, x_rows, L);
+          }
           load_channel_filter(cf_ptr, cs, g, task.b, c0 + k, cfv.data() + k * kk);
           prefetch_rows(out_ptr + os.offset(task.b, c0 + k, 0, 0), os.h, os.w, y0, ny, g.Ho, g.Wo, true);
         }
@@ -343,7 +421,7 @@ void filter_grads_kernel(
   const Strides4 gcs = want_cf ? strides_of(grad_cf) : Strides4{}, gss = want_sf ? strides_of(grad_sf) : Strides4{};
   if (!use_flat_layout(g)) return direct_filter_grads_all<M>(ops, gc_ptr, gcs, gs_ptr, gss, g);
 
-  const Layout lay(g);
+  const Layout lay(g, false);
   const int64_t kk = lay.kk, s = g.stride, L = lay.L, cph = g.channels_per_head();
   const int64_t R = band_rows(g.Ho, L, g.B * g.G, kFilterGradTasks), bands = ceil_div(g.Ho, R);
   // Per (b, c, band): whether the band's partial grad_cf came out non-finite (then the
@@ -452,7 +530,7 @@ void input_grad_kernel(
   ops.go = go_ptr, ops.gos = gos, ops.cf = cf_ptr, ops.cs = cs, ops.sf = sf_ptr, ops.ss = ss;
   if (!use_flat_layout(g)) return direct_grad_input_all<M>(ops, gi_ptr, gis, g);
 
-  const Layout lay(g);
+  const Layout lay(g, false);
   const int64_t kk = lay.kk, s = g.stride, L = lay.L, pad = g.pad(), cph = g.channels_per_head();
   const int64_t R = band_rows(g.H, L, g.B * g.G, tasks_for_threads()), bands = ceil_div(g.H, R);
 

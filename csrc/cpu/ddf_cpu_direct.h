@@ -132,6 +132,10 @@ bool all_finite(const acc_t* v, int64_t row_stride, int64_t rows, int64_t cols) 
   using bits_t = std::conditional_t<sizeof(acc_t) == 4, uint32_t, uint64_t>;
   constexpr bits_t exponent = sizeof(acc_t) == 4 ? bits_t(0x7f800000u) : bits_t(0x7ff0000000000000ull);
   bits_t bad = 0;
+  if (row_stride == cols) {
+    cols *= rows;
+    rows = 1;
+  }
   for (int64_t r = 0; r < rows; ++r) {
     const acc_t* row = v + r * row_stride;
     for (int64_t col = 0; col < cols; ++col) {

@@ -7,20 +7,17 @@
 // the end and rounds n up to a multiple of kBlock, so these loops only ever see full
 // blocks: the block's accumulators live in registers across all taps.
 //
-// Each function is built for several instruction sets (target_clones); the loader picks
-// the best one for the machine, so one library runs everywhere and uses AVX-512/AVX2
-// where they exist.
+// Each loop is written once (the *_body templates, always inlined) and instantiated per
+// instruction set by the overloads at the bottom, which carry a `target` attribute
+// (ddf_cpu_isa.h): callers pick one with with_isa().
 #pragma once
 
 #include <cstdint>
 
 #include "../ddf_geometry.h"
+#include "ddf_cpu_isa.h"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(DDF_NO_TARGET_CLONES)
-#define DDF_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define DDF_CPU_CLONES
-#endif
+#define DDF_INLINE inline __attribute__((always_inline))
 
 namespace ddf {
 namespace cpu {
@@ -42,25 +39,34 @@ template <typename acc_t>
 constexpr int64_t kVecLanes = 64 / sizeof(acc_t);
 
 template <typename acc_t>
-inline Vec<acc_t> load(const acc_t* p) {
+DDF_INLINE Vec<acc_t> load(const acc_t* p) {
   Vec<acc_t> v;
   __builtin_memcpy(&v, p, sizeof(v));
   return v;
 }
 
 template <typename acc_t>
-inline void store(acc_t* p, const Vec<acc_t>& v) {
+DDF_INLINE void store(acc_t* p, const Vec<acc_t>& v) {
   __builtin_memcpy(p, &v, sizeof(v));
 }
 
 template <Combine M, typename acc_t>
-inline Vec<acc_t> combine_vec(acc_t a, const Vec<acc_t>& b) {
+DDF_INLINE Vec<acc_t> combine_vec(acc_t a, const Vec<acc_t>& b) {
   return M == Combine::Mul ? b * a : b + a;
 }
 
-// Vectors accumulated together in registers by apply_taps, per channel.
+// Vectors accumulated together in registers by apply_taps, per channel, at most. Each ISA
+// takes what its registers hold with kChannelBlock channels and the k*k filter vectors:
+// 4 (AVX-512, 32 zmm), 2 (AVX2 with 16 ymm, and NEON), 1 (SSE2, 16 xmm).
 constexpr int64_t kBlockVecs = 4;
-// Outputs per block of apply_taps (256 bytes); flat ranges are padded to a multiple.
+template <Isa I>
+constexpr int64_t kIsaBlockVecs =
+#if defined(__aarch64__)
+    2;
+#else
+    I == Isa::Avx512 ? 4 : I == Isa::Avx2 ? 2 : 1;
+#endif
+// Outputs per block (256 bytes); flat ranges are padded to a multiple (of every ISA's block).
 template <typename acc_t>
 constexpr int64_t kBlock = kBlockVecs * kVecLanes<acc_t>;
 // Channels processed together: they share each load of the spatial filter, which the
@@ -76,8 +82,8 @@ constexpr int64_t kLanes = kVecLanes<acc_t>;
 //   out[k][p] = sum_t a[k*taps + t][p] * F(c[k*taps + t], w[t][p])
 // Forward: a = the input at tap t's shift, w = the spatial filter, c = the channel filter.
 // Input gradient: a = grad_output and w = the spatial filter, both at the tap's shift.
-template <Combine M, int64_t CB, typename acc_t>
-DDF_CPU_CLONES void apply_taps(
+template <Combine M, int64_t CB, typename acc_t, int64_t BV>
+DDF_INLINE void apply_taps_body(
     acc_t* const* out,
     int64_t n,
     const acc_t* const* a,
@@ -85,19 +91,19 @@ DDF_CPU_CLONES void apply_taps(
     const acc_t* c,
     int64_t taps) {
   constexpr int64_t lanes = kVecLanes<acc_t>;
-  for (int64_t p0 = 0; p0 < n; p0 += kBlock<acc_t>) {
-    Vec<acc_t> acc[CB][kBlockVecs] = {};
+  for (int64_t p0 = 0; p0 < n; p0 += BV * lanes) {
+    Vec<acc_t> acc[CB][BV] = {};
     for (int64_t t = 0; t < taps; ++t) {
-      Vec<acc_t> wv[kBlockVecs];
-      for (int64_t v = 0; v < kBlockVecs; ++v) wv[v] = load(w[t] + p0 + v * lanes);
+      Vec<acc_t> wv[BV];
+      for (int64_t v = 0; v < BV; ++v) wv[v] = load(w[t] + p0 + v * lanes);
       for (int64_t k = 0; k < CB; ++k) {
         const acc_t* at = a[k * taps + t] + p0;
         const acc_t ct = c[k * taps + t];
-        for (int64_t v = 0; v < kBlockVecs; ++v) acc[k][v] += load(at + v * lanes) * combine_vec<M>(ct, wv[v]);
+        for (int64_t v = 0; v < BV; ++v) acc[k][v] += load(at + v * lanes) * combine_vec<M>(ct, wv[v]);
       }
     }
     for (int64_t k = 0; k < CB; ++k) {
-      for (int64_t v = 0; v < kBlockVecs; ++v) store(out[k] + p0 + v * lanes, acc[k][v]);
+      for (int64_t v = 0; v < BV; ++v) store(out[k] + p0 + v * lanes, acc[k][v]);
     }
   }
 }
@@ -108,7 +114,7 @@ DDF_CPU_CLONES void apply_taps(
 // (each if not null). g (grad_output) is zero wherever p is not a real pixel, so
 // padding adds nothing.
 template <Combine M, int64_t CB, typename acc_t>
-DDF_CPU_CLONES void tap_grads(
+DDF_INLINE void tap_grads_body(
     const acc_t* const* g,
     int64_t n,
     const acc_t* const* a,
@@ -145,6 +151,26 @@ DDF_CPU_CLONES void tap_grads(
     }
   }
 }
+
+// The per-ISA instances. The first argument picks one (see with_isa in ddf_cpu_isa.h).
+#define DDF_TAP_LOOPS(ISA, TARGET)                                                                          \
+  template <Combine M, int64_t CB, typename acc_t>                                                          \
+  TARGET void apply_taps(IsaTag<ISA>, acc_t* const* out, int64_t n, const acc_t* const* a,                  \
+                         const acc_t* const* w, const acc_t* c, int64_t taps) {                             \
+    apply_taps_body<M, CB, acc_t, kIsaBlockVecs<ISA>>(out, n, a, w, c, taps);                              \
+  }                                                                                                         \
+  template <Combine M, int64_t CB, typename acc_t>                                                          \
+  TARGET void tap_grads(IsaTag<ISA>, const acc_t* const* g, int64_t n, const acc_t* const* a,               \
+                        const acc_t* const* w, const acc_t* c, int64_t taps, acc_t* gc_lanes, acc_t* const* gw) { \
+    tap_grads_body<M, CB, acc_t>(g, n, a, w, c, taps, gc_lanes, gw);                                        \
+  }
+
+DDF_TAP_LOOPS(Isa::Baseline, )
+#if DDF_X86_ISA_DISPATCH
+DDF_TAP_LOOPS(Isa::Avx2, DDF_TARGET_AVX2)
+DDF_TAP_LOOPS(Isa::Avx512, DDF_TARGET_AVX512)
+#endif
+#undef DDF_TAP_LOOPS
 
 }  // namespace cpu
 }  // namespace ddf
