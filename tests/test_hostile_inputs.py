@@ -270,3 +270,25 @@ def test_none_names_the_argument(position):
         torch.ops.ddf.ddf_backward(go, *args, 1, 1, "mul", [True, True, True])
     with pytest.raises(TypeError, match="expected grad_output to be a Tensor, but got None"):
         torch.ops.ddf.ddf_backward(None, *[torch.randn(1, 1, 3, 3)] * 2, torch.randn(1, 9, 3, 3), 1, 1, "mul", [True] * 3)
+
+
+@pytest.mark.parametrize("size", [(16, 16), (14, 15), (30, 9)])
+def test_nonfinite_neighbours_in_memory_do_not_leak_into_a_view(size):
+    # The stride-1 forward reads a contiguous image in place, past its rows into the
+    # neighbouring rows and channels (multiplied by zeroed filter taps). Poisoned neighbours
+    # must not reach the view's results.
+    H, W = size
+    gen = torch.Generator().manual_seed(H)
+    big = torch.randn(2, 6, H, W, generator=gen)
+    big[:, 0] = float("inf")
+    big[:, 3] = float("nan")
+    big[:, 5] = float("-inf")
+    x = big[:, 1:3]  # channels 1 and 2: contiguous planes between poisoned ones
+    y = big[:, 4:5]
+    for view in (x, y):
+        C = view.shape[1]
+        cf = torch.randn(2, C, 3, 3, generator=gen)
+        sf = torch.randn(2, 9, H, W, generator=gen)
+        out = torch.ops.ddf.ddf(view, cf, sf)
+        assert out.isfinite().all()
+        torch.testing.assert_close(out, ddf_ops.reference.ddf(view, cf, sf), rtol=1e-5, atol=1e-5)

@@ -259,14 +259,22 @@ void load_dense_rows(acc_t* dst, const scalar_t* plane, const Strides4& st, cons
   copy_block(plane + lo * st.h, st.h, st.w, dst + margin + (lo - first) * g.W, g.W, int64_t(1), hi - lo, g.W);
 }
 
-// Dense layout: zeroes the spatial-filter values of tap column j at the output columns
-// where that tap lies left or right of the image (rows t < rows of a band, row length W).
+// Dense layout: zeroes the spatial-filter values of tap (i, j) at the output pixels of the
+// band's rows y0 .. y0 + rows where the tap lies outside the image (row length W): left or
+// right of it (those reads land in a neighbouring row), and above or below it (zero rows in
+// the copied band; other rows or channels when the band is read in place).
 template <typename acc_t>
-void zero_outside_columns(acc_t* w, const Geometry& g, int64_t j, int64_t rows) {
+void zero_outside_taps(acc_t* w, const Geometry& g, int64_t i, int64_t j, int64_t y0, int64_t rows) {
   const int64_t off = j * g.dilation - g.pad();  // input column = x + off
   const int64_t left = std::min(g.W, std::max<int64_t>(0, -off)), right = std::max(left, std::min(g.W, g.W - off));
+  const int64_t row_off = i * g.dilation - g.pad();  // input row = y + row_off
   for (int64_t t = 0; t < rows; ++t) {
     acc_t* row = w + t * g.W;
+    const int64_t iy = y0 + t + row_off;
+    if (iy < 0 || iy >= g.H) {
+      std::fill(row, row + g.W, acc_t(0));
+      continue;
+    }
     std::fill(row, row + left, acc_t(0));
     std::fill(row + right, row + g.W, acc_t(0));
   }
@@ -324,6 +332,49 @@ void tap_grads_block(int64_t cb, Args... args) {
 // ---------------------------------------------------------------------------------------
 // Forward. Tasks: (b, head, band of output rows).
 
+// The forward of cb channels (planes `plane_stride` apart) on the dense layout, in place: the
+// taps read the input planes themselves, and the loops write the output rows y0 .. y0 + ny
+// (contiguous, Wo == W) directly, but for the last partial block, which goes through `tail`
+// (cb buffers of a block) so that nothing past the band is written. The caller has checked
+// that every read stays inside the input's storage, and zeroed the spatial-filter values of
+// the taps outside the image (zero_outside_taps).
+template <Combine M, typename acc_t, typename scalar_t>
+void forward_in_place(const acc_t* x, int64_t plane_stride, const Layout& lay, const Geometry& g, int64_t y0, int64_t ny,
+                      int64_t cb, acc_t* out, int64_t out_plane_stride, const acc_t* const* w, const scalar_t* cf,
+                      const Strides4& cs, int64_t b, int64_t c0, acc_t* const* tail) {
+  constexpr int64_t block = kBlock<acc_t>, CB = kChannelBlock;
+  const int64_t kk = lay.kk, d = g.dilation, pad = g.pad(), W = g.W, total = ny * W, full = total / block * block;
+  acc_t cfv[CB * 64];
+  const acc_t* a[CB * 64];
+  acc_t* outs[CB];
+  const acc_t* wt[64];
+  std::vector<acc_t> cf_big;
+  std::vector<const acc_t*> a_big, wt_big;
+  acc_t* cfp = cfv;
+  const acc_t** ap = a;
+  const acc_t** wp = wt;
+  if (kk > 64) {  // large kernels: heap arrays (small ones stay on the stack)
+    cf_big.resize(CB * kk), a_big.resize(CB * kk), wt_big.resize(kk);
+    cfp = cf_big.data(), ap = a_big.data(), wp = wt_big.data();
+  }
+  for (int64_t k = 0; k < cb; ++k) {
+    load_channel_filter(cf, cs, g, b, c0 + k, cfp + k * kk);
+    for (int64_t tap = 0; tap < kk; ++tap) {
+      const int64_t i = tap / g.k, j = tap % g.k;
+      ap[k * kk + tap] = x + k * plane_stride + y0 * W + (i * d - pad) * W + (j * d - pad);
+    }
+    outs[k] = out + k * out_plane_stride;
+  }
+  if (full > 0) apply_taps_block<M, acc_t>(cb, outs, full, ap, w, cfp, kk);
+  if (full < total) {
+    for (int64_t k = 0; k < cb; ++k)
+      for (int64_t tap = 0; tap < kk; ++tap) ap[k * kk + tap] += full;
+    for (int64_t tap = 0; tap < kk; ++tap) wp[tap] = w[tap] + full;
+    apply_taps_block<M, acc_t>(cb, tail, block, ap, wp, cfp, kk);
+    for (int64_t k = 0; k < cb; ++k) std::copy(tail[k], tail[k] + (total - full), outs[k] + full);
+  }
+}
+
 template <typename scalar_t, Combine M>
 void forward_kernel(const at::Tensor& input, const at::Tensor& cf, const at::Tensor& sf, at::Tensor& out, const Geometry& g) {
   using acc_t = typename AccType<scalar_t>::type;
@@ -343,6 +394,13 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& cf, const at::Ten
   const int64_t w_size = R * L + block;
   const int64_t x_plane = lay.dense ? (R + lay.a_max) * L + block + 2 * lay.margin : (R + lay.a_max + 1) * L + block;
   const int64_t x_size = s * s * x_plane;
+
+  // Dense, float32, contiguous rows: channel blocks whose reads stay inside the input's
+  // storage run in place (forward_in_place), with no copies.
+  const bool in_place = lay.dense && std::is_same_v<scalar_t, acc_t> && xs.w == 1 && xs.h == g.W && os.w == 1 &&
+      os.h == g.Wo;
+  const char* storage_begin = static_cast<const char*>(input.storage().data());
+  const char* storage_end = storage_begin + input.storage().nbytes();
 
   at::parallel_for(0, g.B * g.G * bands, 1, [&](int64_t begin, int64_t end) {
     // One input buffer, output buffer and channel filter per channel of a block.
@@ -364,9 +422,27 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& cf, const at::Ten
       for (int64_t tap = 0; tap < kk; ++tap) {
         w[tap] = w_buf.data() + tap * w_size;
         load_output_rows(w_buf.data() + tap * w_size, sf_ptr + ss.offset(task.b, task.h * kk + tap, 0, 0), ss.h, ss.w, g, y0, ny, L);
-        if (lay.dense) zero_outside_columns(w_buf.data() + tap * w_size, g, tap % g.k, ny);
+        if (lay.dense) zero_outside_taps(w_buf.data() + tap * w_size, g, tap / g.k, tap % g.k, y0, ny);
       }
       for_each_channel_block(task.h, cph, [&](int64_t c0, int64_t cb) {
+        // (A band shorter than two blocks would run mostly through the tail buffer.)
+        bool direct = in_place && ny * g.W >= 2 * block;
+        for (int64_t k = 0; k < cb && direct; ++k) {
+          const char* lo = reinterpret_cast<const char*>(x_ptr + task.b * xs.n + (c0 + k) * xs.c + (y0 - g.pad()) * g.W - g.pad());
+          const char* hi = reinterpret_cast<const char*>(x_ptr + task.b * xs.n + (c0 + k) * xs.c + y0 * g.W + n + g.pad() * g.W + g.pad());
+          direct = lo >= storage_begin && hi <= storage_end;
+        }
+        if (direct) {
+          forward_in_place<M, acc_t>(
+              reinterpret_cast<const acc_t*>(x_ptr + task.b * xs.n + c0 * xs.c), xs.c, lay, g, y0, ny, cb,
+              reinterpret_cast<acc_t*>(out_ptr + os.offset(task.b, c0, y0, 0)), os.c, w.data(), cf_ptr, cs, task.b, c0,
+              outs.data());
+          for (int64_t k = 0; k < cb; ++k) {
+            const acc_t* o = reinterpret_cast<const acc_t*>(out_ptr + os.offset(task.b, c0 + k, y0, 0));
+            if (!all_finite(o, ny * g.Wo, 1, ny * g.Wo)) direct_forward<M>(ops, out_ptr, os, g, task.b, c0 + k, c0 + k + 1, y0, y0 + ny);
+          }
+          return;
+        }
         for (int64_t k = 0; k < cb; ++k) {
           const scalar_t* x_plane_ptr = x_ptr + task.b * xs.n + (c0 + k) * xs.c;
           if (lay.dense) {
