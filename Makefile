@@ -7,6 +7,7 @@
 # make bench  - the CPU benchmark (python -m benchmarks.bench_cpu).
 # make cuda-emulation - the CUDA kernels under the host emulator, no GPU needed: the C++
 #               tests (plain, ASan+UBSan, TSan) and the pytest suite's cuda_emulated device.
+# make cpp-example - the C++/AOTInductor example (examples/cpp), below.
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -30,7 +31,7 @@ endif
 
 CMAKE_BUILD_DIR := build/cmake
 
-.PHONY: test demo build cmake-build cmake-test cuda-emulation bench gpu-check clean
+.PHONY: test demo build cmake-build cmake-test cuda-emulation cpp-example bench gpu-check clean
 
 # The stamp depends on this file, so a change to TEST_DEPS reinstalls.
 $(VENV)/.installed: Makefile
@@ -62,6 +63,26 @@ test: build cmake-test
 
 demo: build
 	$(PY) -m ddf_ops $(DEMO_ARGS)
+
+# The C++/AOTInductor example, as a libtorch user would do it: a CMake build of the library,
+# CPU-only to keep CI short (no CUDA kernels, no emulator tests, no C++ test), installed with
+# its CMake package under $(CPP_EXAMPLE_DIR)/prefix; DDF-ResNet-50 exported and compiled by
+# AOTInductor in Python (examples/cpp/export_model.py, a 2x3x64x64 input); the example built
+# against the installed package (find_package(ddf_ops)) and run: it fails unless its logits
+# match Python's eager logits.
+CPP_EXAMPLE_DIR := build/cpp-example
+TORCH_CMAKE_PREFIX = $$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')
+cpp-example: build
+	cmake -S . -B $(CPP_EXAMPLE_DIR)/ddf_ops -G Ninja -DCMAKE_PREFIX_PATH="$(TORCH_CMAKE_PREFIX)" \
+	  -DDDF_CUDA=OFF -DDDF_CUDA_EMULATION_TESTS=OFF -DDDF_BUILD_TESTS=OFF
+	cmake --build $(CPP_EXAMPLE_DIR)/ddf_ops -j $(MAX_JOBS)
+	rm -rf $(CPP_EXAMPLE_DIR)/prefix
+	cmake --install $(CPP_EXAMPLE_DIR)/ddf_ops --prefix $(CURDIR)/$(CPP_EXAMPLE_DIR)/prefix
+	PYTHONPATH=$(CURDIR) $(PY) examples/cpp/export_model.py $(CPP_EXAMPLE_DIR)/model
+	cmake -S examples/cpp -B $(CPP_EXAMPLE_DIR)/example -G Ninja \
+	  -DCMAKE_PREFIX_PATH="$(CURDIR)/$(CPP_EXAMPLE_DIR)/prefix;$(TORCH_CMAKE_PREFIX)"
+	cmake --build $(CPP_EXAMPLE_DIR)/example -j $(MAX_JOBS)
+	$(CPP_EXAMPLE_DIR)/example/ddf_aoti_example $(CPP_EXAMPLE_DIR)/model/ddf_resnet50.pt2 $(CPP_EXAMPLE_DIR)/model/reference.pt
 
 bench: build
 	$(PY) -m benchmarks.bench_cpu
