@@ -16,6 +16,7 @@ import torch
 import torch.utils.benchmark as benchmark
 
 from benchmarks.common import RESNET50_STAGES, Case, candidates, forward_backward, markdown_table
+from benchmarks.plot import DEFAULT_PATH as PLOT_PATH, plot_or_explain
 
 OURS = "ddf (ours)"
 
@@ -55,6 +56,7 @@ def main():
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds of timing per measurement")
     parser.add_argument("--stages", type=int, nargs="*", default=[0, 1, 2, 3], help="ResNet-50 stages (0-3)")
+    parser.add_argument("--plot", default=PLOT_PATH, help="PNG of the ratio tables ('' for none; needs matplotlib)")
     args = parser.parse_args()
 
     cases = [Case(args.batch, *RESNET50_STAGES[i]) for i in args.stages]
@@ -69,6 +71,9 @@ def main():
     print(table(cases, fwd, "forward"))
     print()
     print(table(cases, fwd_bwd, "forward + backward"))
+    if args.plot:
+        title = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, B={args.batch}"
+        plot_or_explain([c.label for c in cases], fwd, fwd_bwd, args.plot, title)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ from ._library import has_cuda_kernels, library_path, load_library
 
 load_library()
 
-from . import flops, models, nn, reference  # noqa: E402,F401  (flops: registers the FLOP formulas)
+from . import flops, models, nn, onnx, reference  # noqa: E402,F401  (flops: registers the FLOP formulas)
 from .functional import ddf  # noqa: E402
 
-__all__ = ["ddf", "has_cuda_kernels", "library_path", "models", "nn", "reference"]
+__all__ = ["ddf", "has_cuda_kernels", "library_path", "models", "nn", "onnx", "reference"]
 __version__ = "0.1.0"
