@@ -43,8 +43,13 @@ $(VENV)/.installed: Makefile
 build: $(VENV)/.installed
 	$(PY) setup.py --quiet build_ext --inplace
 
+# The CMake build's CUDA kernels are only compiled here (the tests run the CPU kernels
+# through it, and cuda-resources reads setup.py's cubins), so one architecture proves that
+# they build, in a quarter of the time; libtorch users get CMakeLists.txt's four by default.
+CMAKE_CUDA_ARCHS ?= 9.0
 cmake-build: $(VENV)/.installed
-	cmake -S . -B $(CMAKE_BUILD_DIR) -G Ninja -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')"
+	cmake -S . -B $(CMAKE_BUILD_DIR) -G Ninja -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
+	  -DTORCH_CUDA_ARCH_LIST="$(CMAKE_CUDA_ARCHS)"
 	cmake --build $(CMAKE_BUILD_DIR) -j $(MAX_JOBS)
 
 cmake-test: cmake-build
@@ -94,6 +99,45 @@ CUDA_RESOURCES_ARGS ?=
 .PHONY: cuda-resources
 cuda-resources: build
 	$(PY) -m benchmarks.cuda_resources $(CUDA_RESOURCES_ARGS)
+
+# make sanitize - the CPU kernels under AddressSanitizer + UndefinedBehaviorSanitizer: a
+#               sanitized CPU-only CMake build (build/sanitize), its C++ test, then the
+#               Python op tests against that library (libasan/libubsan preloaded into Python,
+#               leak checks off: CPython's own allocations are not freed at exit).
+SANITIZE_DIR := build/sanitize
+# CI runs these (about 3 minutes); before a release, add tests/test_backward.py (about 9 more):
+#   make sanitize SANITIZE_TESTS="$(SANITIZE_TESTS) tests/test_backward.py"
+SANITIZE_TESTS ?= tests/test_forward.py tests/test_hostile_inputs.py tests/test_bad_inputs.py tests/test_fuzz.py
+SANITIZE_ENV := ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+.PHONY: sanitize
+sanitize: $(VENV)/.installed
+	cmake -S . -B $(SANITIZE_DIR) -G Ninja -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
+	  -DDDF_CUDA=OFF -DDDF_CUDA_EMULATION_TESTS=OFF -DDDF_SANITIZE=ON
+	cmake --build $(SANITIZE_DIR) -j $(MAX_JOBS)
+	nm -D $(SANITIZE_DIR)/libddf_ops.so | grep -q __asan_report  # really instrumented
+	ctest --test-dir $(SANITIZE_DIR) --output-on-failure
+	$(SANITIZE_ENV) LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	  DDF_OPS_LIBRARY=$(SANITIZE_DIR)/libddf_ops.so DDF_CUDA_EMULATION_LIBRARY=/nonexistent \
+	  $(PY) -m pytest $(SANITIZE_TESTS) -k "not cuda_emulated" -p no:cacheprovider -q $(PYTEST_ARGS)
+
+# make cross-aarch64 - compiles the library's C++ sources (CPU kernels, checks, meta,
+#               autograd, autocast) for aarch64 with a cross compiler (Debian's
+#               g++-aarch64-linux-gnu) against this torch's headers, and checks that the CPU
+#               kernels' vector loops became NEON (fmla). Objects only: there is no aarch64
+#               libtorch here to link against.
+CROSS_CXX ?= aarch64-linux-gnu-g++
+CROSS_DIR := build/aarch64
+.PHONY: cross-aarch64
+cross-aarch64: $(VENV)/.installed
+	@command -v $(CROSS_CXX) >/dev/null || { echo "cross-aarch64: $(CROSS_CXX) not found (apt-get install g++-aarch64-linux-gnu)"; exit 1; }
+	mkdir -p $(CROSS_DIR)
+	inc="$$($(PY) -c 'import torch.utils.cpp_extension as c; print(" ".join("-I" + p for p in c.include_paths()))')"; \
+	for f in csrc/*.cpp csrc/cpu/*.cpp csrc/autograd/*.cpp csrc/autocast/*.cpp meta/*.cpp; do \
+	  echo "  $(CROSS_CXX) $$f"; \
+	  $(CROSS_CXX) -std=c++20 -O2 -fPIC -fopenmp -Wall $$inc -c $$f -o $(CROSS_DIR)/$$(basename $$f).o || exit 1; \
+	done
+	$(CROSS_CXX:g++=objdump) -d $(CROSS_DIR)/ddf_cpu.cpp.o | grep -qE 'fmla[[:space:]]+v[0-9]+\.4s'
+	@echo "cross-aarch64: OK (NEON fmla in the CPU kernels)"
 
 # For a GPU machine that already has torch (and no internet): no venv, no downloads.
 GPU_PYTHON ?= python3

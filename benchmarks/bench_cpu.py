@@ -56,24 +56,36 @@ def main():
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds of timing per measurement")
     parser.add_argument("--stages", type=int, nargs="*", default=[0, 1, 2, 3], help="ResNet-50 stages (0-3)")
+    parser.add_argument(
+        "--no-layouts", dest="layouts", action="store_false", help="only the NCHW B=8 rows (no channels_last, B=1)"
+    )
     parser.add_argument("--plot", default=PLOT_PATH, help="PNG of the ratio tables ('' for none; needs matplotlib)")
     args = parser.parse_args()
 
-    cases = [Case(args.batch, *RESNET50_STAGES[i]) for i in args.stages]
+    stages = [RESNET50_STAGES[i] for i in args.stages]
+    cases = [Case(args.batch, *st) for st in stages]
+    if args.layouts:
+        # channels_last inputs (all three tensors), and B=1 inference (latency).
+        cases += [Case(args.batch, *st, channels_last=True) for st in stages]
+        cases += [Case(1, *st) for st in stages]
     print(
-        f"# CPU benchmark: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}, B={args.batch}, k=3, float32, NCHW"
+        f"# CPU benchmark: {platform.processor() or platform.machine()}, ISA of the ddf kernels "
+        f"{torch.ops.ddf._cpu_isa()} (ATen: {torch.backends.cpu.get_cpu_capability()}; set ATEN_CPU_CAPABILITY="
+        f"avx2/default to force a lower one), {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"B={args.batch} unless the row says, k=3, float32, NCHW unless the row says"
     )
     with torch.no_grad():
         fwd = [run(c, False, args.min_run_time) for c in cases]
-    fwd_bwd = [run(c, True, args.min_run_time) for c in cases]
+    # Training rows: NCHW and channels_last at B=8 (B=1 is an inference case).
+    train_cases = [c for c in cases if c.B == args.batch]
+    fwd_bwd = [run(c, True, args.min_run_time) for c in train_cases]
     print()
     print(table(cases, fwd, "forward"))
     print()
-    print(table(cases, fwd_bwd, "forward + backward"))
+    print(table(train_cases, fwd_bwd, "forward + backward"))
     if args.plot:
         title = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, B={args.batch}"
-        plot_or_explain([c.label for c in cases], fwd, fwd_bwd, args.plot, title)
+        plot_or_explain([c.label for c in train_cases], fwd[: len(train_cases)], fwd_bwd, args.plot, title)
 
 
 if __name__ == "__main__":

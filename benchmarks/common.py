@@ -20,17 +20,22 @@ class Case:
     k: int = 3
     dtype: torch.dtype = torch.float32
     device: str = "cpu"
+    channels_last: bool = False
 
     @property
     def label(self) -> str:
-        return f"{self.C}@{self.size}²"
+        return f"{self.C}@{self.size}²" + (" channels_last" if self.channels_last else "") + (f" B={self.B}" if self.B != 8 else "")
+
+    def layout(self, t: torch.Tensor) -> torch.Tensor:
+        return t.contiguous(memory_format=torch.channels_last) if self.channels_last else t
 
 
 def ddf_inputs(case: Case, requires_grad: bool):
     g = torch.Generator().manual_seed(0)
     shapes = [(case.B, case.C, case.size, case.size), (case.B, case.C, case.k, case.k), (case.B, case.k**2, case.size, case.size)]
     return [
-        torch.randn(*s, generator=g).to(case.device, case.dtype).requires_grad_(requires_grad) for s in shapes
+        case.layout(torch.randn(*s, generator=g).to(case.device, case.dtype)).requires_grad_(requires_grad)
+        for s in shapes
     ]
 
 

@@ -237,20 +237,18 @@ def test_unbacked_size_traces_under_fake_tensors(dim):
 
 
 def test_unbacked_width_compiles_fullgraph():
-    def f(x, n):
+    def f(x, cf, sf, n):
         w = n.item()
         torch._check(w <= x.shape[3])
-        xs = x[..., :w]
-        B, C, H, W = xs.shape
-        cf = torch.ones(B, C, 3, 3) * 0.5
-        sf = torch.arange(B * 9 * H * W, dtype=x.dtype).reshape(B, 9, H, W).cos()
-        return torch.ops.ddf.ddf(xs, cf, sf, 1, 1, "mul")
+        return torch.ops.ddf.ddf(x[..., :w], cf, sf[..., :w], 1, 1, "mul")
 
-    x, n = torch.randn(2, 3, 6, 8), torch.tensor(5)
+    gen = torch.Generator().manual_seed(0)
+    x, cf, sf = torch.randn(2, 3, 6, 8, generator=gen), torch.randn(2, 3, 3, 3, generator=gen), torch.randn(2, 9, 6, 8, generator=gen)
+    n = torch.tensor(5)
     with torch._dynamo.config.patch(capture_scalar_outputs=True):
         for backend in ("aot_eager", "inductor"):
             torch._dynamo.reset()
-            torch.testing.assert_close(torch.compile(f, fullgraph=True, backend=backend)(x, n), f(x, n))
+            torch.testing.assert_close(torch.compile(f, fullgraph=True, backend=backend)(x, cf, sf, n), f(x, cf, sf, n))
 
 
 # ---- None ------------------------------------------------------------------------------------

@@ -29,60 +29,59 @@ namespace cpu {
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wpsabi"
 #endif
-template <typename acc_t>
+// A vector of Bytes bytes of acc_t (GCC/Clang vector extension), at the ISA's native width:
+// 64 bytes on AVX-512, 32 on AVX2, 16 on SSE2 and NEON. (A vector wider than the ISA's
+// registers is lowered through the stack: 64-byte vectors made AVX2 5x slower than SSE2.)
+template <typename acc_t, int64_t Bytes>
 struct Simd {
-  typedef acc_t type __attribute__((vector_size(64)));
+  typedef acc_t type __attribute__((vector_size(Bytes)));
 };
-template <typename acc_t>
-using Vec = typename Simd<acc_t>::type;
-template <typename acc_t>
-constexpr int64_t kVecLanes = 64 / sizeof(acc_t);
+template <typename acc_t, int64_t Bytes>
+using VecN = typename Simd<acc_t, Bytes>::type;
 
-template <typename acc_t>
-DDF_INLINE Vec<acc_t> load(const acc_t* p) {
-  Vec<acc_t> v;
+template <Isa I>
+constexpr int64_t kIsaBytes =
+#if defined(__aarch64__)
+    16;
+#else
+    I == Isa::Avx512 ? 64 : I == Isa::Avx2 ? 32 : 16;
+#endif
+
+template <typename V, typename acc_t>
+DDF_INLINE V load(const acc_t* p) {
+  V v;
   __builtin_memcpy(&v, p, sizeof(v));
   return v;
 }
 
-template <typename acc_t>
-DDF_INLINE void store(acc_t* p, const Vec<acc_t>& v) {
+template <typename V, typename acc_t>
+DDF_INLINE void store(acc_t* p, const V& v) {
   __builtin_memcpy(p, &v, sizeof(v));
 }
 
-template <Combine M, typename acc_t>
-DDF_INLINE Vec<acc_t> combine_vec(acc_t a, const Vec<acc_t>& b) {
-  return M == Combine::Mul ? b * a : b + a;
-}
-
-// Vectors accumulated together in registers by apply_taps, per channel, at most. Each ISA
-// takes what its registers hold with kChannelBlock channels and the k*k filter vectors:
-// 4 (AVX-512, 32 zmm), 2 (AVX2 with 16 ymm, and NEON), 1 (SSE2, 16 xmm).
+// Vectors accumulated together in registers by apply_taps, per channel: with kChannelBlock
+// channels, 8 accumulators and 4 filter vectors, 12 of the 16 (SSE2, AVX2) or 32 (AVX-512,
+// NEON) vector registers.
 constexpr int64_t kBlockVecs = 4;
-template <Isa I>
-constexpr int64_t kIsaBlockVecs =
-#if defined(__aarch64__)
-    2;
-#else
-    I == Isa::Avx512 ? 4 : I == Isa::Avx2 ? 2 : 1;
-#endif
-// Outputs per block (256 bytes); flat ranges are padded to a multiple (of every ISA's block).
+// Outputs per block of the widest ISA (4 x 64 bytes); flat ranges are padded to a multiple,
+// which is also a multiple of every narrower ISA's block.
 template <typename acc_t>
-constexpr int64_t kBlock = kBlockVecs * kVecLanes<acc_t>;
+constexpr int64_t kBlock = kBlockVecs * 64 / int64_t(sizeof(acc_t));
 // Channels processed together: they share each load of the spatial filter, which the
 // loops are otherwise bound by (measured 1.8x faster than one channel at a time).
 constexpr int64_t kChannelBlock = 2;
 
-// Independent partial sums of a reduction (one vector). A fixed count, not the machine's
-// vector width, keeps the summation order, and so the result, the same on every run.
+// Independent partial sums of a channel-filter gradient (64 bytes). A fixed count, not the
+// machine's vector width, keeps the summation order, and so the result, the same on every
+// run and every ISA.
 template <typename acc_t>
-constexpr int64_t kLanes = kVecLanes<acc_t>;
+constexpr int64_t kLanes = 64 / int64_t(sizeof(acc_t));
 
 // For CB channels k at once, over p < n (n a multiple of kBlock):
 //   out[k][p] = sum_t a[k*taps + t][p] * F(c[k*taps + t], w[t][p])
 // Forward: a = the input at tap t's shift, w = the spatial filter, c = the channel filter.
 // Input gradient: a = grad_output and w = the spatial filter, both at the tap's shift.
-template <Combine M, int64_t CB, typename acc_t, int64_t BV>
+template <Combine M, int64_t CB, typename acc_t, int64_t Bytes>
 DDF_INLINE void apply_taps_body(
     acc_t* const* out,
     int64_t n,
@@ -90,16 +89,19 @@ DDF_INLINE void apply_taps_body(
     const acc_t* const* w,
     const acc_t* c,
     int64_t taps) {
-  constexpr int64_t lanes = kVecLanes<acc_t>;
+  using V = VecN<acc_t, Bytes>;
+  constexpr int64_t lanes = Bytes / int64_t(sizeof(acc_t)), BV = kBlockVecs;
   for (int64_t p0 = 0; p0 < n; p0 += BV * lanes) {
-    Vec<acc_t> acc[CB][BV] = {};
+    V acc[CB][BV] = {};
     for (int64_t t = 0; t < taps; ++t) {
-      Vec<acc_t> wv[BV];
-      for (int64_t v = 0; v < BV; ++v) wv[v] = load(w[t] + p0 + v * lanes);
+      V wv[BV];
+      for (int64_t v = 0; v < BV; ++v) wv[v] = load<V>(w[t] + p0 + v * lanes);
       for (int64_t k = 0; k < CB; ++k) {
         const acc_t* at = a[k * taps + t] + p0;
         const acc_t ct = c[k * taps + t];
-        for (int64_t v = 0; v < BV; ++v) acc[k][v] += load(at + v * lanes) * combine_vec<M>(ct, wv[v]);
+        for (int64_t v = 0; v < BV; ++v) {
+          acc[k][v] += load<V>(at + v * lanes) * (M == Combine::Mul ? wv[v] * ct : wv[v] + ct);
+        }
       }
     }
     for (int64_t k = 0; k < CB; ++k) {
@@ -112,8 +114,8 @@ DDF_INLINE void apply_taps_body(
 //   gc_lanes[(k*taps + t)*kLanes + l] += sum_{p = l mod kLanes} g[k][p] * a[k*taps+t][p] * dF/da(w[t][p])
 //   gw[t][p] += sum_k g[k][p] * a[k*taps+t][p] * dF/db(c[k*taps+t])
 // (each if not null). g (grad_output) is zero wherever p is not a real pixel, so
-// padding adds nothing.
-template <Combine M, int64_t CB, typename acc_t>
+// padding adds nothing. The kLanes partial sums are R native vectors.
+template <Combine M, int64_t CB, typename acc_t, int64_t Bytes>
 DDF_INLINE void tap_grads_body(
     const acc_t* const* g,
     int64_t n,
@@ -123,31 +125,37 @@ DDF_INLINE void tap_grads_body(
     int64_t taps,
     acc_t* gc_lanes,
     acc_t* const* gw) {
-  constexpr int64_t lanes = kVecLanes<acc_t>;
+  using V = VecN<acc_t, Bytes>;
+  constexpr int64_t lanes = Bytes / int64_t(sizeof(acc_t)), R = kLanes<acc_t> / lanes, group = kLanes<acc_t>;
   for (int64_t t = 0; t < taps; ++t) {
     const acc_t* wt = w[t];
     acc_t* dst = gw != nullptr ? gw[t] : nullptr;
-    Vec<acc_t> part[CB];
+    V part[CB][R];
     acc_t f[CB];
     for (int64_t k = 0; k < CB; ++k) {
-      part[k] = gc_lanes != nullptr ? load(gc_lanes + (k * taps + t) * lanes) : Vec<acc_t>{};
+      for (int64_t r = 0; r < R; ++r)
+        part[k][r] = gc_lanes != nullptr ? load<V>(gc_lanes + (k * taps + t) * group + r * lanes) : V{};
       f[k] = dcombine_db<M>(c[k * taps + t]);
     }
-    for (int64_t p = 0; p < n; p += lanes) {
-      Vec<acc_t> ga[CB];
-      for (int64_t k = 0; k < CB; ++k) ga[k] = load(g[k] + p) * load(a[k * taps + t] + p);
-      if (gc_lanes != nullptr) {
-        const Vec<acc_t> wv = load(wt + p);
-        for (int64_t k = 0; k < CB; ++k) part[k] += M == Combine::Mul ? ga[k] * wv : ga[k];
-      }
-      if (dst != nullptr) {
-        Vec<acc_t> sum = load(dst + p);
-        for (int64_t k = 0; k < CB; ++k) sum += ga[k] * f[k];
-        store(dst + p, sum);
+    for (int64_t p0 = 0; p0 < n; p0 += group) {
+      for (int64_t r = 0; r < R; ++r) {
+        const int64_t p = p0 + r * lanes;
+        V ga[CB];
+        for (int64_t k = 0; k < CB; ++k) ga[k] = load<V>(g[k] + p) * load<V>(a[k * taps + t] + p);
+        if (gc_lanes != nullptr) {
+          const V wv = load<V>(wt + p);
+          for (int64_t k = 0; k < CB; ++k) part[k][r] += M == Combine::Mul ? ga[k] * wv : ga[k];
+        }
+        if (dst != nullptr) {
+          V sum = load<V>(dst + p);
+          for (int64_t k = 0; k < CB; ++k) sum += ga[k] * f[k];
+          store(dst + p, sum);
+        }
       }
     }
     if (gc_lanes != nullptr) {
-      for (int64_t k = 0; k < CB; ++k) store(gc_lanes + (k * taps + t) * lanes, part[k]);
+      for (int64_t k = 0; k < CB; ++k)
+        for (int64_t r = 0; r < R; ++r) store(gc_lanes + (k * taps + t) * group + r * lanes, part[k][r]);
     }
   }
 }
@@ -157,12 +165,12 @@ DDF_INLINE void tap_grads_body(
   template <Combine M, int64_t CB, typename acc_t>                                                          \
   TARGET void apply_taps(IsaTag<ISA>, acc_t* const* out, int64_t n, const acc_t* const* a,                  \
                          const acc_t* const* w, const acc_t* c, int64_t taps) {                             \
-    apply_taps_body<M, CB, acc_t, kIsaBlockVecs<ISA>>(out, n, a, w, c, taps);                              \
+    apply_taps_body<M, CB, acc_t, kIsaBytes<ISA>>(out, n, a, w, c, taps);                                  \
   }                                                                                                         \
   template <Combine M, int64_t CB, typename acc_t>                                                          \
   TARGET void tap_grads(IsaTag<ISA>, const acc_t* const* g, int64_t n, const acc_t* const* a,               \
                         const acc_t* const* w, const acc_t* c, int64_t taps, acc_t* gc_lanes, acc_t* const* gw) { \
-    tap_grads_body<M, CB, acc_t>(g, n, a, w, c, taps, gc_lanes, gw);                                        \
+    tap_grads_body<M, CB, acc_t, kIsaBytes<ISA>>(g, n, a, w, c, taps, gc_lanes, gw);                        \
   }
 
 DDF_TAP_LOOPS(Isa::Baseline, )
