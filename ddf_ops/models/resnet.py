@@ -87,6 +87,9 @@ class ResNet(nn.Module):
             torchvision's initialization (BN weights 1).
         zero_init_residual: deprecated alias of ``zero_init_last`` (torchvision's name);
             overrides it when given, with a ``DeprecationWarning``.
+
+    Attributes ``num_classes``, ``num_features`` (2048) and ``feature_info`` (the five feature
+    maps in timm's format) let timm's helpers and feature wrappers use the model.
     """
 
     def __init__(
@@ -123,6 +126,13 @@ class ResNet(nn.Module):
             setattr(self, f"layer{index + 1}", nn.Sequential(*stage))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_channels, num_classes)
+        self.num_classes, self.num_features = num_classes, in_channels
+        # The feature maps in timm's format (timm's feature wrappers, features_only=True): the
+        # stem's ReLU, then each stage; module names in forward order.
+        self.feature_info = [dict(num_chs=64, reduction=2, module="relu")] + [
+            dict(num_chs=planes * Bottleneck.expansion, reduction=4 * 2**index, module=f"layer{index + 1}")
+            for index, planes in enumerate(STAGE_PLANES)
+        ]
         self.zero_init_last = bool(zero_init_last)
         self.reset_parameters()
 
