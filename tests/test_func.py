@@ -151,7 +151,8 @@ def test_vmap_is_one_op_call(in_dims, combine):
     with OpCalls() as calls:
         got = torch.vmap(op, in_dims=in_dims)(*args)
     assert calls.counts.get(torch.ops.ddf.ddf.default) == 1
-    expected = torch.stack([ref(*(a if d is None else a.select(d, i) for a, d in zip(args, in_dims))) for i in range(5)])
+    samples = [[a if d is None else a.select(d, i) for a, d in zip(args, in_dims)] for i in range(5)]
+    expected = torch.stack([ref(*sample) for sample in samples])
     torch.testing.assert_close(got, expected, **TOL)
 
 
