@@ -2,12 +2,17 @@
 
 Importing the package loads the compiled library, which registers ``torch.ops.ddf.ddf``
 and ``torch.ops.ddf.ddf_backward`` with their CPU/CUDA, meta, autograd and autocast kernels,
-and the op's FLOP formula for ``torch.utils.flop_counter``.
+and the op's FLOP formula for ``torch.utils.flop_counter``; it then registers the Python
+autograd Functions of ``_transforms`` that add torch.func transforms and forward-mode AD.
 """
 
 from ._library import has_cuda_kernels, library_path, load_library
 
 load_library()
+
+from . import _transforms  # noqa: E402
+
+_transforms.register()  # torch.func transforms and forward-mode AD (see _transforms.py)
 
 from . import flops, models, nn, onnx, reference  # noqa: E402,F401  (flops: registers the FLOP formulas)
 from .functional import ddf  # noqa: E402

@@ -114,17 +114,44 @@ def test_ddf_resnet50_forward_shape_and_plain_agreement_of_shapes(image_size):
 
 def test_ddf_resnet_gradients_reach_every_parameter():
     torch.manual_seed(0)
-    m = ddf_resnet((1, 2, 1, 1), combine="mul", num_classes=5).train()
+    # zero_init_last=False: with bn3.weight = 0 the first backward reaches no residual branch.
+    m = ddf_resnet((1, 2, 1, 1), combine="mul", num_classes=5, zero_init_last=False).train()
     loss = torch.nn.functional.cross_entropy(m(torch.randn(4, 3, 33, 33)), torch.tensor([0, 1, 2, 4]))
     loss.backward()
     for name, parameter in m.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
 
 
-def test_zero_init_residual():
-    m = ddf_resnet((1, 1, 1, 1), zero_init_residual=True)
-    assert all(getattr(m, s)[0].bn3.weight.abs().sum() == 0 for s in STAGES)
-    assert ResNet((1, 1, 1, 1)).layer1[0].bn3.weight.abs().sum() > 0
+def bn_weights(model, name):
+    return torch.cat([m.weight.detach() for n, m in model.named_modules() if n.endswith(name)])
+
+
+@pytest.mark.parametrize("build", [ResNet, ddf_resnet])
+def test_zero_init_last_is_the_default(build):
+    """timm's (and the official DDF models') init: the last BN of every bottleneck at zero, so
+    each block starts as ReLU(shortcut); the other BNs at one."""
+    m = build((1, 2, 1, 1))
+    assert m.zero_init_last and bn_weights(m, "bn3").numel() == 4 * (64 + 2 * 128 + 256 + 512)
+    assert torch.count_nonzero(bn_weights(m, "bn3")) == 0
+    assert torch.all(bn_weights(m, "bn2") == 1) and torch.all(bn_weights(m, "downsample.1") == 1)
+    block, x = m.layer2[1].eval(), torch.randn(1, 512, 5, 5)
+    torch.testing.assert_close(block(x), torch.relu(x))
+    off = build((1, 2, 1, 1), zero_init_last=False)
+    assert not off.zero_init_last and torch.all(bn_weights(off, "bn3") == 1)
+
+
+@pytest.mark.parametrize("build", [ddf_resnet50, ddf_resnet101, resnet50, resnet101])
+def test_builders_pass_zero_init_last(build):
+    assert on_meta(build).zero_init_last and not on_meta(build, zero_init_last=False).zero_init_last
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_zero_init_residual_is_a_deprecated_alias(value):
+    with pytest.warns(DeprecationWarning, match="zero_init_residual=.*is deprecated; use zero_init_last") as record:
+        m = ddf_resnet((1, 1, 1, 1), zero_init_residual=value)
+    assert record[0].filename == __file__  # names the caller, not ddf_ops' builders
+    assert m.zero_init_last is value
+    assert bool(torch.count_nonzero(bn_weights(m, "bn3")) == 0) is value
 
 
 @pytest.mark.parametrize(

@@ -87,7 +87,7 @@ def train_small_ddf_resnet(args: argparse.Namespace, device: torch.device) -> bo
         f"(e) training {name} ({NUM_CLASSES} classes) under torch.compile(fullgraph=True): "
         f"{args.train_steps} AdamW steps, batch {args.train_batch_size} of {size} synthetic images"
     )
-    model = ddf_resnet(args.train_layers, num_classes=NUM_CLASSES).to(device)
+    model = ddf_resnet(args.train_layers, num_classes=NUM_CLASSES).to(device)  # the paper's init (zero_init_last)
     return train(model, name, args.train_steps, args.train_batch_size, args.train_image_size, device)
 
 
@@ -115,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         f"(c) {name} (combine='mul', 1000 classes) eager, compiled, exported; "
         f"batch {args.batch_size} of {args.image_size}x{args.image_size} float32 images"
     )
-    ddf_model = ddf_resnet(args.layers).to(device).eval()
+    # zero_init_last=False: with the training default (bn3.weight = 0) every residual branch,
+    # and so every DDF layer, would contribute nothing to the logits compared below.
+    ddf_model = ddf_resnet(args.layers, zero_init_last=False).to(device).eval()
     images = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
     ddf_compiled, checks["compiled and exported logits match eager"] = eager_compiled_exported(ddf_model, name, images)
 

@@ -1,12 +1,16 @@
 """ResNet-50/101 and their DDF versions, from one piece of code.
 
 The plain ResNet is torchvision's (ResNet v1.5: the stride sits on the 3x3 conv of the
-bottleneck), with the same module names and initialization; ``resnet50()`` has exactly
-25,557,032 parameters. The DDF-ResNets (Zhou et al., CVPR 2021, official code: timm's ResNet
-with the bottleneck's ``conv2`` replaced) swap the 3x3 conv of *every* bottleneck for a
+bottleneck), with the same module names and initialization, except that the last batch norm
+of each bottleneck starts at zero as in timm (``zero_init_last=True``; torchvision's default
+is ``zero_init_residual=False``); ``resnet50()`` has exactly 25,557,032 parameters. The
+DDF-ResNets (Zhou et al., CVPR 2021, official code: timm's ResNet with the bottleneck's
+``conv2`` replaced) swap the 3x3 conv of *every* bottleneck for a
 :class:`~ddf_ops.nn.DDFPack` with the same stride; nothing else changes.
 """
 
+import sys
+import warnings
 from collections.abc import Callable
 from functools import partial
 
@@ -22,6 +26,15 @@ SpatialLayer = Callable[[int, int], nn.Module]
 STAGE_PLANES = (64, 128, 256, 512)
 RESNET50_LAYERS = (3, 4, 6, 3)
 RESNET101_LAYERS = (3, 4, 23, 3)
+
+
+def _caller_outside_this_module() -> int:
+    """The ``warnings.warn`` stacklevel that names the first caller outside this module (the
+    builders below call ``ResNet`` on the user's behalf)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__") == __name__:
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def conv3x3(width: int, stride: int) -> nn.Conv2d:
@@ -68,8 +81,15 @@ class ResNet(nn.Module):
         layers: bottlenecks per stage, e.g. ``(3, 4, 6, 3)`` for ResNet-50.
         spatial_layer: builds each bottleneck's 3x3 layer from ``(width, stride)``.
         num_classes: outputs of the final fully connected layer.
-        zero_init_residual: start each residual branch at zero (``bn3.weight = 0``), as
-            torchvision's option of the same name.
+        zero_init_last: start each residual branch at zero (the last batch norm of every
+            bottleneck has ``bn3.weight = 0``, so each block starts as ``ReLU(shortcut)``). Default True: the official DDF models are timm ResNets, and timm's
+            ResNet (``zero_init_last=True``) is the training recipe of the paper. False gives
+            torchvision's initialization (BN weights 1).
+        zero_init_residual: deprecated alias of ``zero_init_last`` (torchvision's name);
+            overrides it when given, with a ``DeprecationWarning``.
+
+    Attributes ``num_classes``, ``num_features`` (2048) and ``feature_info`` (the five feature
+    maps in timm's format) let timm's helpers and feature wrappers use the model.
     """
 
     def __init__(
@@ -77,9 +97,18 @@ class ResNet(nn.Module):
         layers: tuple[int, ...],
         spatial_layer: SpatialLayer = conv3x3,
         num_classes: int = 1000,
-        zero_init_residual: bool = False,
+        zero_init_last: bool = True,
+        zero_init_residual: bool | None = None,
     ):
         super().__init__()
+        if zero_init_residual is not None:
+            warnings.warn(
+                "ResNet(zero_init_residual=...) is deprecated; use zero_init_last (default True, "
+                "as timm and the official DDF models)",
+                DeprecationWarning,
+                stacklevel=_caller_outside_this_module(),
+            )
+            zero_init_last = zero_init_residual
         if len(layers) != len(STAGE_PLANES) or any(not isinstance(n, int) or n < 1 for n in layers):
             raise ValueError(f"layers must be {len(STAGE_PLANES)} positive block counts, got {layers!r}")
         check_int("num_classes", num_classes)
@@ -97,17 +126,25 @@ class ResNet(nn.Module):
             setattr(self, f"layer{index + 1}", nn.Sequential(*stage))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_channels, num_classes)
-        self.zero_init_residual = zero_init_residual
+        self.num_classes, self.num_features = num_classes, in_channels
+        # The feature maps in timm's format (timm's feature wrappers, features_only=True): the
+        # stem's ReLU, then each stage; module names in forward order.
+        self.feature_info = [dict(num_chs=64, reduction=2, module="relu")] + [
+            dict(num_chs=planes * Bottleneck.expansion, reduction=4 * 2**index, module=f"layer{index + 1}")
+            for index, planes in enumerate(STAGE_PLANES)
+        ]
+        self.zero_init_last = bool(zero_init_last)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """torchvision's initialization (which timm, and so the official DDF code, shares):
-        He-normal (fan_out) for every conv, the DDF branches' included; BN to identity."""
+        He-normal (fan_out) for every conv, the DDF branches' included; BN to identity; then,
+        with ``zero_init_last``, ``bn3.weight = 0`` in every bottleneck (timm's default)."""
         reset_leaves(self)
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-        if self.zero_init_residual:
+        if self.zero_init_last:
             for module in self.modules():
                 if isinstance(module, Bottleneck):
                     nn.init.zeros_(module.bn3.weight)
@@ -120,27 +157,33 @@ class ResNet(nn.Module):
         return self.fc(self.avgpool(self.features(x)).flatten(1))
 
 
-def ddf_resnet(layers: tuple[int, ...], combine: str = "mul", num_classes: int = 1000, **kwargs) -> ResNet:
+def ddf_resnet(
+    layers: tuple[int, ...], combine: str = "mul", num_classes: int = 1000, zero_init_last: bool = True, **kwargs
+) -> ResNet:
     """A DDF-ResNet with any number of bottlenecks per stage (``ResNet`` keyword arguments pass through)."""
     check_choice("combine", combine, COMBINES)
-    return ResNet(layers, partial(ddf3x3, combine=combine), num_classes, **kwargs)
+    return ResNet(layers, partial(ddf3x3, combine=combine), num_classes, zero_init_last, **kwargs)
 
 
-def resnet50(num_classes: int = 1000, **kwargs) -> ResNet:
-    """ResNet-50 (torchvision structure; 25,557,032 parameters with 1000 classes)."""
-    return ResNet(RESNET50_LAYERS, conv3x3, num_classes, **kwargs)
+def resnet50(num_classes: int = 1000, zero_init_last: bool = True, **kwargs) -> ResNet:
+    """ResNet-50 (torchvision structure; 25,557,032 parameters with 1000 classes).
+    ``zero_init_last``: see :class:`ResNet` (default True, timm's recipe)."""
+    return ResNet(RESNET50_LAYERS, conv3x3, num_classes, zero_init_last, **kwargs)
 
 
-def resnet101(num_classes: int = 1000, **kwargs) -> ResNet:
-    """ResNet-101 (torchvision structure; 44,549,160 parameters with 1000 classes)."""
-    return ResNet(RESNET101_LAYERS, conv3x3, num_classes, **kwargs)
+def resnet101(num_classes: int = 1000, zero_init_last: bool = True, **kwargs) -> ResNet:
+    """ResNet-101 (torchvision structure; 44,549,160 parameters with 1000 classes).
+    ``zero_init_last``: see :class:`ResNet` (default True, timm's recipe)."""
+    return ResNet(RESNET101_LAYERS, conv3x3, num_classes, zero_init_last, **kwargs)
 
 
-def ddf_resnet50(combine: str = "mul", num_classes: int = 1000, **kwargs) -> ResNet:
-    """DDF-ResNet-50: every bottleneck's 3x3 conv is a DDFPack (16.8M parameters)."""
-    return ddf_resnet(RESNET50_LAYERS, combine, num_classes, **kwargs)
+def ddf_resnet50(combine: str = "mul", num_classes: int = 1000, zero_init_last: bool = True, **kwargs) -> ResNet:
+    """DDF-ResNet-50: every bottleneck's 3x3 conv is a DDFPack (16.8M parameters).
+    ``zero_init_last``: see :class:`ResNet` (default True, as the official models)."""
+    return ddf_resnet(RESNET50_LAYERS, combine, num_classes, zero_init_last, **kwargs)
 
 
-def ddf_resnet101(combine: str = "mul", num_classes: int = 1000, **kwargs) -> ResNet:
-    """DDF-ResNet-101: every bottleneck's 3x3 conv is a DDFPack (28.1M parameters)."""
-    return ddf_resnet(RESNET101_LAYERS, combine, num_classes, **kwargs)
+def ddf_resnet101(combine: str = "mul", num_classes: int = 1000, zero_init_last: bool = True, **kwargs) -> ResNet:
+    """DDF-ResNet-101: every bottleneck's 3x3 conv is a DDFPack (28.1M parameters).
+    ``zero_init_last``: see :class:`ResNet` (default True, as the official models)."""
+    return ddf_resnet(RESNET101_LAYERS, combine, num_classes, zero_init_last, **kwargs)
