@@ -18,6 +18,7 @@
 // sums per-band partials, in band order) uses bands that depend on the shape only. So
 // results are bitwise reproducible, across thread counts too.
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
@@ -690,6 +691,22 @@ void input_grad_kernel(
 // ---------------------------------------------------------------------------------------
 // The op entry points: checks, allocation, dispatch on dtype and combine.
 
+// The kernels read and write rows: along a row of a channels_last tensor (C > 1) every
+// element is C apart, and each band copy would gather. Such operands are transposed to
+// NCHW first (ATen's blocked transpose), and such results computed in NCHW and copied back:
+// two passes over the tensor, about 3x faster than gathering in the band copies.
+at::Tensor with_unit_row_stride(const at::Tensor& t) {
+  return t.stride(3) == 1 || t.size(3) <= 1 ? t : t.contiguous();
+}
+
+at::Tensor nchw_result_for(const at::Tensor& result) {
+  return result.stride(3) == 1 || result.size(3) <= 1 ? result : at::empty(result.sizes(), result.options());
+}
+
+void copy_back(at::Tensor& result, const at::Tensor& computed) {
+  if (!computed.is_same(result)) result.copy_(computed);
+}
+
 at::Tensor ddf_cpu(
     const at::Tensor& input,
     const at::Tensor& channel_filter,
@@ -701,9 +718,12 @@ at::Tensor ddf_cpu(
   const Geometry g = concrete_geometry(sizes, stride, dilation);
   at::Tensor out = ddf_empty_output(sizes, input);
   if (out.numel() == 0) return out;
+  const at::Tensor x = with_unit_row_stride(input), sf = with_unit_row_stride(spatial_filter);
+  at::Tensor result = nchw_result_for(out);
   dispatch_dtype_and_combine(input.scalar_type(), parse_combine(combine), [&](auto tag, auto m) {
-    forward_kernel<decltype(tag), decltype(m)::value>(input, channel_filter, spatial_filter, out, g);
+    forward_kernel<decltype(tag), decltype(m)::value>(x, channel_filter, sf, result, g);
   });
+  copy_back(out, result);
   return out;
 }
 
@@ -727,16 +747,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ddf_backward_cpu(
     }
     return {grad_in, grad_cf, grad_sf};
   }
+  const at::Tensor go = with_unit_row_stride(grad_output), x = with_unit_row_stride(input),
+                   sf = with_unit_row_stride(spatial_filter);
+  at::Tensor gi = grad_in.defined() ? nchw_result_for(grad_in) : grad_in;
+  at::Tensor gs = grad_sf.defined() ? nchw_result_for(grad_sf) : grad_sf;
   dispatch_dtype_and_combine(input.scalar_type(), parse_combine(combine), [&](auto tag, auto m) {
     using scalar_t = decltype(tag);
     constexpr Combine M = decltype(m)::value;
-    if (grad_cf.defined() || grad_sf.defined()) {
-      filter_grads_kernel<scalar_t, M>(grad_output, input, channel_filter, spatial_filter, grad_cf, grad_sf, g);
+    if (grad_cf.defined() || gs.defined()) {
+      filter_grads_kernel<scalar_t, M>(go, x, channel_filter, sf, grad_cf, gs, g);
     }
-    if (grad_in.defined()) {
-      input_grad_kernel<scalar_t, M>(grad_output, channel_filter, spatial_filter, grad_in, g);
+    if (gi.defined()) {
+      input_grad_kernel<scalar_t, M>(go, channel_filter, sf, gi, g);
     }
   });
+  if (gi.defined()) copy_back(grad_in, gi);
+  if (gs.defined()) copy_back(grad_sf, gs);
   return {grad_in, grad_cf, grad_sf};
 }
 
