@@ -343,8 +343,9 @@ template <Combine M, typename acc_t, typename scalar_t>
 void forward_in_place(const acc_t* x, int64_t plane_stride, const Layout& lay, const Geometry& g, int64_t y0, int64_t ny,
                       int64_t cb, acc_t* out, int64_t out_plane_stride, const acc_t* const* w, const scalar_t* cf,
                       const Strides4& cs, int64_t b, int64_t c0, acc_t* const* tail) {
-  constexpr int64_t block = kBlock<acc_t>, CB = kChannelBlock;
-  const int64_t kk = lay.kk, d = g.dilation, pad = g.pad(), W = g.W, total = ny * W, full = total / block * block;
+  // The tail is one 64-byte group (apply_taps takes any multiple of 64 bytes).
+  constexpr int64_t group = kLanes<acc_t>, CB = kChannelBlock;
+  const int64_t kk = lay.kk, d = g.dilation, pad = g.pad(), W = g.W, total = ny * W, full = total / group * group;
   acc_t cfv[CB * 64];
   const acc_t* a[CB * 64];
   acc_t* outs[CB];
@@ -371,7 +372,7 @@ void forward_in_place(const acc_t* x, int64_t plane_stride, const Layout& lay, c
     for (int64_t k = 0; k < cb; ++k)
       for (int64_t tap = 0; tap < kk; ++tap) ap[k * kk + tap] += full;
     for (int64_t tap = 0; tap < kk; ++tap) wp[tap] = w[tap] + full;
-    apply_taps_block<M, acc_t>(cb, tail, block, ap, wp, cfp, kk);
+    apply_taps_block<M, acc_t>(cb, tail, group, ap, wp, cfp, kk);
     for (int64_t k = 0; k < cb; ++k) std::copy(tail[k], tail[k] + (total - full), outs[k] + full);
   }
 }
@@ -426,7 +427,8 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& cf, const at::Ten
         if (lay.dense) zero_outside_taps(w_buf.data() + tap * w_size, g, tap / g.k, tap % g.k, y0, ny);
       }
       for_each_channel_block(task.h, cph, [&](int64_t c0, int64_t cb) {
-        // (A band shorter than two blocks would run mostly through the tail buffer.)
+        // (A band shorter than two blocks runs faster through the copies: its remainder
+        // vectors, one at a time, have too little independent work; measured at 7x7.)
         bool direct = in_place && ny * g.W >= 2 * block;
         for (int64_t k = 0; k < cb && direct; ++k) {
           const char* lo = reinterpret_cast<const char*>(x_ptr + task.b * xs.n + (c0 + k) * xs.c + (y0 - g.pad()) * g.W - g.pad());

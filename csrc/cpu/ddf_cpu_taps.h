@@ -77,7 +77,8 @@ constexpr int64_t kChannelBlock = 2;
 template <typename acc_t>
 constexpr int64_t kLanes = 64 / int64_t(sizeof(acc_t));
 
-// For CB channels k at once, over p < n (n a multiple of kBlock):
+// For CB channels k at once, over p < n (n a multiple of 64 bytes; blocks of kBlockVecs
+// vectors, then single vectors):
 //   out[k][p] = sum_t a[k*taps + t][p] * F(c[k*taps + t], w[t][p])
 // Forward: a = the input at tap t's shift, w = the spatial filter, c = the channel filter.
 // Input gradient: a = grad_output and w = the spatial filter, both at the tap's shift.
@@ -91,7 +92,8 @@ DDF_INLINE void apply_taps_body(
     int64_t taps) {
   using V = VecN<acc_t, Bytes>;
   constexpr int64_t lanes = Bytes / int64_t(sizeof(acc_t)), BV = kBlockVecs;
-  for (int64_t p0 = 0; p0 < n; p0 += BV * lanes) {
+  int64_t p0 = 0;
+  for (; p0 + BV * lanes <= n; p0 += BV * lanes) {
     V acc[CB][BV] = {};
     for (int64_t t = 0; t < taps; ++t) {
       V wv[BV];
@@ -107,6 +109,18 @@ DDF_INLINE void apply_taps_body(
     for (int64_t k = 0; k < CB; ++k) {
       for (int64_t v = 0; v < BV; ++v) store(out[k] + p0 + v * lanes, acc[k][v]);
     }
+  }
+  // A remainder shorter than a block (n is a multiple of 64 bytes): one vector at a time.
+  for (; p0 < n; p0 += lanes) {
+    V acc[CB] = {};
+    for (int64_t t = 0; t < taps; ++t) {
+      const V wv = load<V>(w[t] + p0);
+      for (int64_t k = 0; k < CB; ++k) {
+        const acc_t ct = c[k * taps + t];
+        acc[k] += load<V>(a[k * taps + t] + p0) * (M == Combine::Mul ? wv * ct : wv + ct);
+      }
+    }
+    for (int64_t k = 0; k < CB; ++k) store(out[k] + p0, acc[k]);
   }
 }
 
