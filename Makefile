@@ -105,9 +105,9 @@ cuda-resources: build
 #               Python op tests against that library (libasan/libubsan preloaded into Python,
 #               leak checks off: CPython's own allocations are not freed at exit).
 SANITIZE_DIR := build/sanitize
-# CI runs these (about 3 minutes); before a release, add tests/test_backward.py (about 9 more):
-#   make sanitize SANITIZE_TESTS="$(SANITIZE_TESTS) tests/test_backward.py"
-SANITIZE_TESTS ?= tests/test_forward.py tests/test_hostile_inputs.py tests/test_bad_inputs.py tests/test_fuzz.py
+# Every CPU op test file (CI runs them all: a few minutes).
+SANITIZE_TESTS ?= tests/test_forward.py tests/test_backward.py tests/test_hostile_inputs.py tests/test_bad_inputs.py \
+	tests/test_fuzz.py
 SANITIZE_ENV := ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 .PHONY: sanitize
 sanitize: $(VENV)/.installed
@@ -116,6 +116,9 @@ sanitize: $(VENV)/.installed
 	cmake --build $(SANITIZE_DIR) -j $(MAX_JOBS)
 	nm -D $(SANITIZE_DIR)/libddf_ops.so | grep -q __asan_report  # really instrumented
 	ctest --test-dir $(SANITIZE_DIR) --output-on-failure
+	$(SANITIZE_ENV) LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	  DDF_OPS_LIBRARY=$(SANITIZE_DIR)/libddf_ops.so $(PY) -c 'import ddf_ops; p = ddf_ops.library_path(); \
+	  assert p.endswith("$(SANITIZE_DIR)/libddf_ops.so"), p; print("ops from", p)'
 	$(SANITIZE_ENV) LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	  DDF_OPS_LIBRARY=$(SANITIZE_DIR)/libddf_ops.so DDF_CUDA_EMULATION_LIBRARY=/nonexistent \
 	  $(PY) -m pytest $(SANITIZE_TESTS) -k "not cuda_emulated" -p no:cacheprovider -q $(PYTEST_ARGS)
