@@ -20,12 +20,21 @@ def test_compile_dynamic_no_recompile(stride, combine, device):
     def step(x, cf, sf):
         return ddf_ops.ddf(x, cf, sf, stride, 2, combine).tanh()
 
+    def op_only(x, cf, sf):
+        return ddf_ops.ddf(x, cf, sf, stride, 2, combine)
+
     compiled = torch.compile(step, fullgraph=True, dynamic=True)
+    compiled_op = torch.compile(op_only, fullgraph=True, dynamic=True)
     with torch._dynamo.config.patch(error_on_recompile=True):
         for B, H, W in SIZES:
             x, cf, sf = make_inputs(B, 8, H, W, 3, 2, stride, torch.float32, device, requires_grad=True, seed=H)
+            # The op itself under compile: the same kernel as eager, so the same values.
+            torch.testing.assert_close(compiled_op(x, cf, sf), op_only(x, cf, sf), rtol=0, atol=0)
             out = compiled(x, cf, sf)
-            torch.testing.assert_close(out, step(x, cf, sf))
+            # With Inductor's tanh after it: Inductor's generated tanh and ATen's differ in the
+            # last bits (6e-8 here), and once, in a CI run on a cold cache, by 8.5e-5 near
+            # saturation (not reproduced; the op-only comparison above is exact).
+            torch.testing.assert_close(out, step(x, cf, sf), rtol=2e-4, atol=2e-4)
             go = torch.randn_like(out)
             got = torch.autograd.grad(out, (x, cf, sf), go)
             leaves = [t.detach().double().requires_grad_() for t in (x, cf, sf)]
