@@ -108,7 +108,10 @@ SANITIZE_DIR := build/sanitize
 # Every CPU op test file (CI runs them all: a few minutes).
 SANITIZE_TESTS ?= tests/test_forward.py tests/test_backward.py tests/test_hostile_inputs.py tests/test_bad_inputs.py \
 	tests/test_fuzz.py
-SANITIZE_ENV := ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+# Python with the sanitizer runtimes preloaded and the sanitized library in place of ddf_ops/_C.
+SANITIZED_PY := ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	DDF_OPS_LIBRARY=$(SANITIZE_DIR)/libddf_ops.so DDF_CUDA_EMULATION_LIBRARY=/nonexistent $(PY)
 .PHONY: sanitize
 sanitize: $(VENV)/.installed
 	cmake -S . -B $(SANITIZE_DIR) -G Ninja -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
@@ -116,12 +119,9 @@ sanitize: $(VENV)/.installed
 	cmake --build $(SANITIZE_DIR) -j $(MAX_JOBS)
 	nm -D $(SANITIZE_DIR)/libddf_ops.so | grep -q __asan_report  # really instrumented
 	ctest --test-dir $(SANITIZE_DIR) --output-on-failure
-	$(SANITIZE_ENV) LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
-	  DDF_OPS_LIBRARY=$(SANITIZE_DIR)/libddf_ops.so $(PY) -c 'import ddf_ops; p = ddf_ops.library_path(); \
+	$(SANITIZED_PY) -c 'import ddf_ops; p = ddf_ops.library_path(); \
 	  assert p.endswith("$(SANITIZE_DIR)/libddf_ops.so"), p; print("ops from", p)'
-	$(SANITIZE_ENV) LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
-	  DDF_OPS_LIBRARY=$(SANITIZE_DIR)/libddf_ops.so DDF_CUDA_EMULATION_LIBRARY=/nonexistent \
-	  $(PY) -m pytest $(SANITIZE_TESTS) -k "not cuda_emulated" -p no:cacheprovider -q $(PYTEST_ARGS)
+	$(SANITIZED_PY) -m pytest $(SANITIZE_TESTS) -k "not cuda_emulated" -p no:cacheprovider -q $(PYTEST_ARGS)
 
 # make cross-aarch64 - compiles the library's C++ sources (CPU kernels, checks, meta,
 #               autograd, autocast) for aarch64 with a cross compiler (Debian's
