@@ -28,7 +28,9 @@
 
 #include "../ddf_checks.h"
 #include "../ddf_dtype_dispatch.h"
+#include "ddf_cpu_copy.h"
 #include "ddf_cpu_direct.h"
+#include "ddf_cpu_pixels.h"
 #include "ddf_cpu_taps.h"
 
 namespace ddf {
@@ -124,60 +126,6 @@ struct Layout {
     }
   }
 };
-
-// GCC turns a plain copy loop into a memcpy call, which costs more than the copy for the
-// short rows of small images (7 x 7: 28 bytes).
-#if defined(__GNUC__) && !defined(__clang__)
-#define DDF_NO_MEMCPY_CALLS __attribute__((optimize("no-tree-loop-distribute-patterns")))
-#else
-#define DDF_NO_MEMCPY_CALLS
-#endif
-
-// A block of rows in or out of the acc_t buffers, converting the type:
-//   dst[r*dst_rs + c*dst_cs] = src[r*src_rs + c*src_cs]   for r < rows, c < cols.
-// One call per plane, not per row; vectorized per instruction set where rows are contiguous.
-template <typename S, typename D>
-DDF_INLINE void copy_block_body(
-    const S* src,
-    int64_t src_rs,
-    int64_t src_cs,
-    D* dst,
-    int64_t dst_rs,
-    int64_t dst_cs,
-    int64_t rows,
-    int64_t cols) {
-  if (src_cs == 1 && dst_cs == 1 && src_rs == cols && dst_rs == cols) {
-    cols *= rows;  // the rows are one contiguous run on both sides
-    rows = 1;
-  }
-  for (int64_t r = 0; r < rows; ++r) {
-    const S* from = src + r * src_rs;
-    D* to = dst + r * dst_rs;
-    if (src_cs == 1 && dst_cs == 1) {
-      for (int64_t c = 0; c < cols; ++c) to[c] = static_cast<D>(from[c]);
-    } else {
-      for (int64_t c = 0; c < cols; ++c) to[c * dst_cs] = static_cast<D>(from[c * src_cs]);
-    }
-  }
-}
-
-#define DDF_COPY_BLOCK(ISA, TARGET)                                                                  \
-  template <typename S, typename D>                                                                 \
-  TARGET DDF_NO_MEMCPY_CALLS void copy_block_isa(IsaTag<ISA>, const S* src, int64_t src_rs, int64_t src_cs, \
-                                                  D* dst, int64_t dst_rs, int64_t dst_cs, int64_t rows, int64_t cols) { \
-    copy_block_body(src, src_rs, src_cs, dst, dst_rs, dst_cs, rows, cols);                         \
-  }
-DDF_COPY_BLOCK(Isa::Baseline, )
-#if DDF_X86_ISA_DISPATCH
-DDF_COPY_BLOCK(Isa::Avx2, DDF_TARGET_AVX2)
-DDF_COPY_BLOCK(Isa::Avx512, DDF_TARGET_AVX512)
-#endif
-#undef DDF_COPY_BLOCK
-
-template <typename S, typename D>
-void copy_block(const S* src, int64_t src_rs, int64_t src_cs, D* dst, int64_t dst_rs, int64_t dst_cs, int64_t rows, int64_t cols) {
-  with_isa([&](auto isa) { copy_block_isa(isa, src, src_rs, src_cs, dst, dst_rs, dst_cs, rows, cols); });
-}
 
 // An output-sized plane (grad_output, or one spatial-filter channel) as flat rows:
 //   dst[t*L + x] = plane[row0 + t, x] for 0 <= row0 + t < Ho and x < Wo,
@@ -720,12 +668,23 @@ at::Tensor ddf_cpu(
   const Geometry g = concrete_geometry(sizes, stride, dilation);
   at::Tensor out = ddf_empty_output(sizes, input);
   if (out.numel() == 0) return out;
-  const at::Tensor x = with_unit_row_stride(input), sf = with_unit_row_stride(spatial_filter);
-  at::Tensor result = nchw_result_for(out);
   dispatch_dtype_and_combine(input.scalar_type(), parse_combine(combine), [&](auto tag, auto m) {
-    forward_kernel<decltype(tag), decltype(m)::value>(x, channel_filter, sf, result, g);
+    using scalar_t = decltype(tag);
+    constexpr Combine M = decltype(m)::value;
+    if constexpr (std::is_same_v<scalar_t, typename AccType<scalar_t>::type>) {  // float32, float64
+      if (use_flat_layout(g) && use_pixel_forward(g, strides_of(input))) {
+        // Channel-vectorized (ddf_cpu_pixels.h): any layout, read and written in place.
+        return pixel_forward<M>(
+            input.const_data_ptr<scalar_t>(), strides_of(input), channel_filter.const_data_ptr<scalar_t>(),
+            strides_of(channel_filter), spatial_filter.const_data_ptr<scalar_t>(), strides_of(spatial_filter),
+            out.mutable_data_ptr<scalar_t>(), strides_of(out), g, tasks_for_threads());
+      }
+    }
+    const at::Tensor x = with_unit_row_stride(input), sf = with_unit_row_stride(spatial_filter);
+    at::Tensor result = nchw_result_for(out);
+    forward_kernel<scalar_t, M>(x, channel_filter, sf, result, g);
+    copy_back(out, result);
   });
-  copy_back(out, result);
   return out;
 }
 

@@ -19,6 +19,15 @@
 
 #define DDF_INLINE inline __attribute__((always_inline))
 
+// Unrolls a loop over register-held accumulators. Without it GCC kept some arrays of
+// accumulators on the stack on AVX2 (zeroed with rep stos, stored through 16-byte copies):
+// 1.5x slower.
+#if defined(__GNUC__) && !defined(__clang__)
+#define DDF_UNROLL _Pragma("GCC unroll 16")
+#else
+#define DDF_UNROLL
+#endif
+
 namespace ddf {
 namespace cpu {
 
@@ -97,17 +106,17 @@ DDF_INLINE void apply_taps_body(
     V acc[CB][BV] = {};
     for (int64_t t = 0; t < taps; ++t) {
       V wv[BV];
-      for (int64_t v = 0; v < BV; ++v) wv[v] = load<V>(w[t] + p0 + v * lanes);
-      for (int64_t k = 0; k < CB; ++k) {
+      DDF_UNROLL for (int64_t v = 0; v < BV; ++v) wv[v] = load<V>(w[t] + p0 + v * lanes);
+      DDF_UNROLL for (int64_t k = 0; k < CB; ++k) {
         const acc_t* at = a[k * taps + t] + p0;
         const acc_t ct = c[k * taps + t];
-        for (int64_t v = 0; v < BV; ++v) {
+        DDF_UNROLL for (int64_t v = 0; v < BV; ++v) {
           acc[k][v] += load<V>(at + v * lanes) * (M == Combine::Mul ? wv[v] * ct : wv[v] + ct);
         }
       }
     }
-    for (int64_t k = 0; k < CB; ++k) {
-      for (int64_t v = 0; v < BV; ++v) store(out[k] + p0 + v * lanes, acc[k][v]);
+    DDF_UNROLL for (int64_t k = 0; k < CB; ++k) {
+      DDF_UNROLL for (int64_t v = 0; v < BV; ++v) store(out[k] + p0 + v * lanes, acc[k][v]);
     }
   }
   // A remainder shorter than a block (n is a multiple of 64 bytes): one vector at a time.
@@ -115,12 +124,12 @@ DDF_INLINE void apply_taps_body(
     V acc[CB] = {};
     for (int64_t t = 0; t < taps; ++t) {
       const V wv = load<V>(w[t] + p0);
-      for (int64_t k = 0; k < CB; ++k) {
+      DDF_UNROLL for (int64_t k = 0; k < CB; ++k) {
         const acc_t ct = c[k * taps + t];
         acc[k] += load<V>(a[k * taps + t] + p0) * (M == Combine::Mul ? wv * ct : wv + ct);
       }
     }
-    for (int64_t k = 0; k < CB; ++k) store(out[k] + p0, acc[k]);
+    DDF_UNROLL for (int64_t k = 0; k < CB; ++k) store(out[k] + p0, acc[k]);
   }
 }
 
@@ -146,30 +155,30 @@ DDF_INLINE void tap_grads_body(
     acc_t* dst = gw != nullptr ? gw[t] : nullptr;
     V part[CB][R];
     acc_t f[CB];
-    for (int64_t k = 0; k < CB; ++k) {
-      for (int64_t r = 0; r < R; ++r)
+    DDF_UNROLL for (int64_t k = 0; k < CB; ++k) {
+      DDF_UNROLL for (int64_t r = 0; r < R; ++r)
         part[k][r] = gc_lanes != nullptr ? load<V>(gc_lanes + (k * taps + t) * group + r * lanes) : V{};
       f[k] = dcombine_db<M>(c[k * taps + t]);
     }
     for (int64_t p0 = 0; p0 < n; p0 += group) {
-      for (int64_t r = 0; r < R; ++r) {
+      DDF_UNROLL for (int64_t r = 0; r < R; ++r) {
         const int64_t p = p0 + r * lanes;
         V ga[CB];
-        for (int64_t k = 0; k < CB; ++k) ga[k] = load<V>(g[k] + p) * load<V>(a[k * taps + t] + p);
+        DDF_UNROLL for (int64_t k = 0; k < CB; ++k) ga[k] = load<V>(g[k] + p) * load<V>(a[k * taps + t] + p);
         if (gc_lanes != nullptr) {
           const V wv = load<V>(wt + p);
-          for (int64_t k = 0; k < CB; ++k) part[k][r] += M == Combine::Mul ? ga[k] * wv : ga[k];
+          DDF_UNROLL for (int64_t k = 0; k < CB; ++k) part[k][r] += M == Combine::Mul ? ga[k] * wv : ga[k];
         }
         if (dst != nullptr) {
           V sum = load<V>(dst + p);
-          for (int64_t k = 0; k < CB; ++k) sum += ga[k] * f[k];
+          DDF_UNROLL for (int64_t k = 0; k < CB; ++k) sum += ga[k] * f[k];
           store(dst + p, sum);
         }
       }
     }
     if (gc_lanes != nullptr) {
-      for (int64_t k = 0; k < CB; ++k)
-        for (int64_t r = 0; r < R; ++r) store(gc_lanes + (k * taps + t) * group + r * lanes, part[k][r]);
+      DDF_UNROLL for (int64_t k = 0; k < CB; ++k)
+        DDF_UNROLL for (int64_t r = 0; r < R; ++r) store(gc_lanes + (k * taps + t) * group + r * lanes, part[k][r]);
     }
   }
 }
