@@ -31,6 +31,7 @@
 #include "ddf_cpu_copy.h"
 #include "ddf_cpu_direct.h"
 #include "ddf_cpu_pixels.h"
+#include "ddf_cpu_pixels_backward.h"
 #include "ddf_cpu_taps.h"
 
 namespace ddf {
@@ -708,22 +709,47 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ddf_backward_cpu(
     }
     return {grad_in, grad_cf, grad_sf};
   }
-  const at::Tensor go = with_unit_row_stride(grad_output), x = with_unit_row_stride(input),
-                   sf = with_unit_row_stride(spatial_filter);
-  at::Tensor gi = grad_in.defined() ? nchw_result_for(grad_in) : grad_in;
-  at::Tensor gs = grad_sf.defined() ? nchw_result_for(grad_sf) : grad_sf;
   dispatch_dtype_and_combine(input.scalar_type(), parse_combine(combine), [&](auto tag, auto m) {
     using scalar_t = decltype(tag);
     constexpr Combine M = decltype(m)::value;
+    if constexpr (std::is_same_v<scalar_t, typename AccType<scalar_t>::type>) {  // float32, float64
+      const Strides4 gis = grad_in.defined() ? strides_of(grad_in) : Strides4{};
+      if (use_flat_layout(g) &&
+          use_pixel_backward(g, strides_of(input), strides_of(grad_output), grad_in.defined() ? &gis : nullptr)) {
+        // Channel-vectorized (ddf_cpu_pixels_backward.h): operands read in place.
+        const std::vector<scalar_t> cfT = transposed_channel_filter(channel_filter.const_data_ptr<scalar_t>(),
+                                                                    strides_of(channel_filter), g);
+        const scalar_t* sf_ptr = spatial_filter.const_data_ptr<scalar_t>();
+        if (grad_cf.defined() || grad_sf.defined()) {
+          pixel_filter_grads<M>(
+              grad_output.const_data_ptr<scalar_t>(), strides_of(grad_output), input.const_data_ptr<scalar_t>(),
+              strides_of(input), cfT, sf_ptr, strides_of(spatial_filter),
+              grad_cf.defined() ? grad_cf.mutable_data_ptr<scalar_t>() : nullptr,
+              grad_cf.defined() ? strides_of(grad_cf) : Strides4{},
+              grad_sf.defined() ? grad_sf.mutable_data_ptr<scalar_t>() : nullptr,
+              grad_sf.defined() ? strides_of(grad_sf) : Strides4{}, g, kFilterGradTasks);
+        }
+        if (grad_in.defined()) {
+          pixel_input_grad<M>(
+              grad_output.const_data_ptr<scalar_t>(), strides_of(grad_output), cfT, sf_ptr, strides_of(spatial_filter),
+              grad_in.mutable_data_ptr<scalar_t>(), gis, g, tasks_for_threads());
+        }
+        return;
+      }
+    }
+    const at::Tensor go = with_unit_row_stride(grad_output), x = with_unit_row_stride(input),
+                     sf = with_unit_row_stride(spatial_filter);
+    at::Tensor gi = grad_in.defined() ? nchw_result_for(grad_in) : grad_in;
+    at::Tensor gs = grad_sf.defined() ? nchw_result_for(grad_sf) : grad_sf;
     if (grad_cf.defined() || gs.defined()) {
       filter_grads_kernel<scalar_t, M>(go, x, channel_filter, sf, grad_cf, gs, g);
     }
     if (gi.defined()) {
       input_grad_kernel<scalar_t, M>(go, channel_filter, sf, gi, g);
     }
+    if (gi.defined()) copy_back(grad_in, gi);
+    if (gs.defined()) copy_back(grad_sf, gs);
   });
-  if (gi.defined()) copy_back(grad_in, gi);
-  if (gs.defined()) copy_back(grad_sf, gs);
   return {grad_in, grad_cf, grad_sf};
 }
 

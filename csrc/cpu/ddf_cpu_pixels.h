@@ -137,6 +137,23 @@ inline bool use_pixel_forward(const Geometry& g, const Strides4& xs) {
       in_rows * g.W * g.channels_per_head() * 8 <= kPixelsMaxBandBytes;
 }
 
+// The channel filter as cfT[b][tap][c]: each tap's values for the channels of a head are
+// one vector load.
+template <typename scalar_t>
+std::vector<scalar_t> transposed_channel_filter(const scalar_t* cf_ptr, const Strides4& cs, const Geometry& g) {
+  const int64_t kk = g.taps();
+  std::vector<scalar_t> cfT(static_cast<size_t>(g.B * kk * g.C));
+  at::parallel_for(0, g.B * kk, ceil_div(4096, g.C), [&](int64_t begin, int64_t end) {
+    for (int64_t bt = begin; bt < end; ++bt) {
+      const int64_t b = bt / kk, t = bt % kk;
+      const scalar_t* src = cf_ptr + cs.offset(b, 0, t / g.k, t % g.k);
+      scalar_t* dst = cfT.data() + bt * g.C;
+      for (int64_t c = 0; c < g.C; ++c) dst[c] = src[c * cs.c];
+    }
+  });
+  return cfT;
+}
+
 // The forward of the whole call (see the top of this file). scalar_t is float or double.
 template <Combine M, typename scalar_t>
 void pixel_forward(
@@ -155,16 +172,7 @@ void pixel_forward(
   // taps' pixels do not all fall in the same few cache sets (a power-of-two stride such as
   // 512 floats made the kernel 1.7x slower).
   const int64_t bpx = ceil_div(cph, kLanes<scalar_t>) * kLanes<scalar_t> + kLanes<scalar_t>;
-  // cfT[b][tap][c]: each tap's channel-filter values of a head are one vector load.
-  std::vector<scalar_t> cfT(static_cast<size_t>(g.B * kk * g.C));
-  at::parallel_for(0, g.B * kk, ceil_div(4096, g.C), [&](int64_t begin, int64_t end) {
-    for (int64_t bt = begin; bt < end; ++bt) {
-      const int64_t b = bt / kk, t = bt % kk;
-      const scalar_t* src = cf_ptr + cs.offset(b, 0, t / g.k, t % g.k);
-      scalar_t* dst = cfT.data() + bt * g.C;
-      for (int64_t c = 0; c < g.C; ++c) dst[c] = src[c * cs.c];
-    }
-  });
+  const std::vector<scalar_t> cfT = transposed_channel_filter(cf_ptr, cs, g);
 
   // Band rows: as many as the input buffer allows (transposed input), split further so
   // that every thread gets work.
