@@ -9,8 +9,10 @@ from conftest import emulated_cuda_kernels, make_inputs, reference_grads, requir
 
 
 @st.composite
-def configs(draw):
-    C = draw(st.integers(1, 8))
+def configs(draw, max_channels):
+    # Up to 40 channels on the CPU: heads of 8 and more take the kernels vectorized over
+    # channels (with channels left over past the last vector); the emulator stays at 8.
+    C = draw(st.integers(1, max_channels))
     G = draw(st.sampled_from([g for g in range(1, C + 1) if C % g == 0]))
     return dict(
         B=draw(st.integers(1, 3)),
@@ -35,7 +37,8 @@ def check_against_reference(cfg):
     )
     out = ddf_ops.ddf(x, cf, sf, stride, dilation, combine)
     torch.testing.assert_close(out, ddf_ops.reference.ddf(x, cf, sf, stride, dilation, combine))
-    go = torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(cfg["seed"]))
+    # In the output's layout, as autograd hands it over (channels_last stays channels_last).
+    go = torch.empty_like(out).copy_(torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(cfg["seed"])))
     got = torch.autograd.grad(out, (x, cf, sf), go)
     for a, b in zip(got, reference_grads(x, cf, sf, go, stride, dilation, combine)):
         torch.testing.assert_close(a, b)
@@ -43,7 +46,7 @@ def check_against_reference(cfg):
 
 # derandomize: CI explores the same configurations every run (reproducible failures).
 @settings(max_examples=150, deadline=None, derandomize=True)
-@given(configs())
+@given(configs(max_channels=40))
 def test_forward_and_backward_match_reference(cfg):
     check_against_reference(cfg)
 
@@ -51,7 +54,7 @@ def test_forward_and_backward_match_reference(cfg):
 # The CUDA kernels under the host emulator: fewer examples (seconds each, not milliseconds).
 @requires_emulation
 @settings(max_examples=40, deadline=None, derandomize=True)
-@given(configs())
+@given(configs(max_channels=8))
 def test_emulated_cuda_forward_and_backward_match_reference(cfg):
     with emulated_cuda_kernels():
         check_against_reference(cfg)

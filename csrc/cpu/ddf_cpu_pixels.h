@@ -123,6 +123,8 @@ DDF_PIXEL_LOOPS(Isa::Avx512, DDF_TARGET_AVX512)
 // band (measured faster than the flat kernels at 7 x 7; slower at 14 x 14 on AVX2, where the
 // transpositions cost more than the flat kernels lose).
 constexpr int64_t kPixelsMaxNchwMap = 100;
+// Output rows of a transposed band, at least (see pixel_forward).
+constexpr int64_t kMinTransposedBandRows = 4;
 // Bytes of a task's transposed input band.
 constexpr int64_t kPixelsMaxBandBytes = 1 << 20;
 
@@ -181,6 +183,10 @@ void pixel_forward(
   TORCH_INTERNAL_ASSERT(in_place_out || (os.w == 1 && os.h == g.Wo), "ddf: unexpected output strides");
   int64_t R = std::max<int64_t>(1, ceil_div(g.Ho, ceil_div(tasks_wanted, g.B * g.G)));
   if (!in_place_in) {
+    // Each band transposes its input rows plus the (k-1)*d halo rows: with a small batch,
+    // bands of one row (7 tasks for a 7 x 7 map at B=1) transposed each row three times
+    // (3x3 kernel), which made B=1 slower than the flat kernels on AVX2.
+    R = std::max(R, std::min<int64_t>(g.Ho, kMinTransposedBandRows));
     const int64_t row_bytes = g.W * bpx * int64_t(sizeof(scalar_t));
     const int64_t max_in_rows = std::max<int64_t>(kPixelsMaxBandBytes / row_bytes, (g.k - 1) * d + 1);
     R = std::max<int64_t>(1, std::min(R, (max_in_rows - (g.k - 1) * d - 1) / s + 1));
