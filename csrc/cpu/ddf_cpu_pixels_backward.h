@@ -32,54 +32,107 @@ namespace cpu {
 // registers while the loop runs over the channels.
 constexpr int64_t kTapChunk = 9;
 
-// The filter gradients of one output pixel: for its taps m < taps (inside the image) and
-// channels c < C of a head, with p = go[c] * in[off[m] + c]:
-//   gsf[m]     = sum_c p * dF/db(cf[m][c])
-//   gcf[m][c] += p * dF/da(sf[m])
-template <Combine M, typename acc_t, int64_t Bytes>
-DDF_INLINE void pixel_filter_grads_body(
+// The sum of a vector's lanes, as a tree of halves (a fixed order on each ISA): a chain of
+// one add per lane cost as much as the channel loop at 64 channels.
+template <typename acc_t, int64_t Bytes>
+DDF_INLINE acc_t horizontal_sum(const VecN<acc_t, Bytes>& v) {
+  if constexpr (Bytes == 2 * int64_t(sizeof(acc_t))) {
+    return v[0] + v[1];
+  } else {
+    using Half = VecN<acc_t, Bytes / 2>;
+    Half lo, hi;
+    __builtin_memcpy(&lo, &v, Bytes / 2);
+    __builtin_memcpy(&hi, reinterpret_cast<const char*>(&v) + Bytes / 2, Bytes / 2);
+    return horizontal_sum<acc_t, Bytes / 2>(lo + hi);
+  }
+}
+
+// Taps m0 .. m0 + MT (MT <= kTapChunk; a compile-time count keeps the sums in registers,
+// 0 for a run-time count mt) of one pixel: see pixel_filter_grads_body.
+template <Combine M, int64_t MT, typename acc_t, int64_t Bytes>
+DDF_INLINE void tap_chunk_grads(
     const acc_t* go,
     const acc_t* in,
     const int64_t* off,
     const acc_t* const* cf,
-    const acc_t* sf,
+    const acc_t* sfv,
+    int64_t m0,
+    int64_t mt,
+    int64_t C,
+    acc_t* const* gcf,
+    acc_t* sums) {
+  using V = VecN<acc_t, Bytes>;
+  constexpr int64_t lanes = Bytes / int64_t(sizeof(acc_t));
+  const int64_t n = MT > 0 ? MT : mt, full = C / lanes * lanes;
+  V part[kTapChunk];
+  DDF_UNROLL for (int64_t m = 0; m < (MT > 0 ? MT : n); ++m) part[m] = V{};
+  for (int64_t c = 0; c < full; c += lanes) {
+    const V gv = load<V>(go + c);
+    DDF_UNROLL for (int64_t m = 0; m < (MT > 0 ? MT : n); ++m) {
+      const V p = gv * load<V>(in + off[m0 + m] + c);
+      part[m] += M == Combine::Mul ? p * load<V>(cf[m0 + m] + c) : p;
+      acc_t* row = gcf[m0 + m] + c;
+      store(row, load<V>(row) + (M == Combine::Mul ? p * sfv[m] : p));
+    }
+  }
+  for (int64_t m = 0; m < n; ++m) {
+    acc_t sum = horizontal_sum<acc_t, Bytes>(part[m]);
+    for (int64_t c = full; c < C; ++c) {  // the channels past the last full vector
+      const acc_t p = go[c] * in[off[m0 + m] + c];
+      sum += p * dcombine_db<M>(cf[m0 + m][c]);
+      gcf[m0 + m][c] += p * dcombine_da<M>(sfv[m]);
+    }
+    sums[m] = sum;
+  }
+}
+
+// The filter gradients of a run of nx output pixels of a row with the same taps inside the
+// image (m < taps), for the channels c < C of a head, with p = go[x][c] * in[x][off[m] + c]:
+//   gsf[m][x*gsf_step]  = sum_c p * dF/db(cf[m][c])    (if gsf is not null)
+//   gcf[m][c]          += p * dF/da(sf[m][x*sf_step])
+// (go[x] = go + x*go_step, in[x] = in + x*in_step).
+template <Combine M, typename acc_t, int64_t Bytes>
+DDF_INLINE void pixel_filter_grads_body(
+    const acc_t* go,
+    int64_t go_step,
+    int64_t nx,
+    const acc_t* in,
+    int64_t in_step,
+    const int64_t* off,
+    const acc_t* const* cf,
+    const acc_t* const* sf,
+    int64_t sf_step,
     int64_t taps,
     int64_t C,
     acc_t* const* gcf,
-    acc_t* gsf) {
-  using V = VecN<acc_t, Bytes>;
-  constexpr int64_t lanes = Bytes / int64_t(sizeof(acc_t)), TC = kTapChunk;
-  const int64_t full = C / lanes * lanes;
-  for (int64_t m0 = 0; m0 < taps; m0 += TC) {
-    const int64_t mt = std::min(TC, taps - m0);
-    V part[TC] = {};
-    for (int64_t c = 0; c < full; c += lanes) {
-      const V gv = load<V>(go + c);
-      for (int64_t m = m0; m < m0 + mt; ++m) {
-        const V p = gv * load<V>(in + off[m] + c);
-        part[m - m0] += M == Combine::Mul ? p * load<V>(cf[m] + c) : p;
-        store(gcf[m] + c, load<V>(gcf[m] + c) + (M == Combine::Mul ? p * sf[m] : p));
+    acc_t* const* gsf,
+    int64_t gsf_step) {
+  constexpr int64_t TC = kTapChunk;
+  acc_t sfv[TC], sums[TC];
+  for (int64_t x = 0; x < nx; ++x) {
+    for (int64_t m0 = 0; m0 < taps; m0 += TC) {
+      const int64_t mt = std::min(TC, taps - m0);
+      for (int64_t m = 0; m < mt; ++m) sfv[m] = sf[m0 + m][x * sf_step];
+      if (mt == TC) {
+        tap_chunk_grads<M, TC, acc_t, Bytes>(go + x * go_step, in + x * in_step, off, cf, sfv, m0, mt, C, gcf, sums);
+      } else {
+        tap_chunk_grads<M, 0, acc_t, Bytes>(go + x * go_step, in + x * in_step, off, cf, sfv, m0, mt, C, gcf, sums);
       }
-    }
-    for (int64_t m = m0; m < m0 + mt; ++m) {
-      acc_t sum = 0;
-      for (int64_t l = 0; l < lanes; ++l) sum += part[m - m0][l];
-      for (int64_t c = full; c < C; ++c) {  // the channels past the last full vector
-        const acc_t p = go[c] * in[off[m] + c];
-        sum += p * dcombine_db<M>(cf[m][c]);
-        gcf[m][c] += p * dcombine_da<M>(sf[m]);
+      if (gsf != nullptr) {
+        for (int64_t m = 0; m < mt; ++m) gsf[m0 + m][x * gsf_step] = sums[m];
       }
-      gsf[m] = sum;
     }
   }
 }
 
 #define DDF_PIXEL_GRAD_LOOPS(ISA, TARGET)                                                                    \
   template <Combine M, typename acc_t>                                                                       \
-  TARGET void pixel_filter_grads(IsaTag<ISA>, const acc_t* go, const acc_t* in, const int64_t* off,          \
-                                 const acc_t* const* cf, const acc_t* sf, int64_t taps, int64_t C,           \
-                                 acc_t* const* gcf, acc_t* gsf) {                                            \
-    pixel_filter_grads_body<M, acc_t, kIsaBytes<ISA>>(go, in, off, cf, sf, taps, C, gcf, gsf);               \
+  TARGET void pixel_filter_grads(IsaTag<ISA>, const acc_t* go, int64_t go_step, int64_t nx, const acc_t* in, \
+                                 int64_t in_step, const int64_t* off, const acc_t* const* cf,                \
+                                 const acc_t* const* sf, int64_t sf_step, int64_t taps, int64_t C,           \
+                                 acc_t* const* gcf, acc_t* const* gsf, int64_t gsf_step) {                   \
+    pixel_filter_grads_body<M, acc_t, kIsaBytes<ISA>>(                                                       \
+        go, go_step, nx, in, in_step, off, cf, sf, sf_step, taps, C, gcf, gsf, gsf_step);                    \
   }
 DDF_PIXEL_GRAD_LOOPS(Isa::Baseline, )
 #if DDF_X86_ISA_DISPATCH
@@ -181,50 +234,58 @@ void pixel_filter_grads(
     const Strides4& gss,
     const Geometry& g,
     int64_t tasks_fixed) {
-  const int64_t kk = g.taps(), cph = g.channels_per_head();
+  const int64_t kk = g.taps(), cph = g.channels_per_head(), s = g.stride;
   // Bands fixed by the shape (not the threads): grad_channel_filter sums them in order.
   const int64_t R = std::max<int64_t>(1, ceil_div(g.Ho, ceil_div(tasks_fixed, g.B * g.G))), bands = ceil_div(g.Ho, R);
   // Per-band sums of grad_channel_filter: [b][band][tap][c].
   std::vector<scalar_t> partial(gc_ptr != nullptr ? static_cast<size_t>(g.B * bands * kk * g.C) : 0);
   at::parallel_for(0, g.B * g.G * bands, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> off(kk), tap_of(kk);
-    std::vector<const scalar_t*> cfp(kk);
-    std::vector<scalar_t> sfv(kk), gsf(kk), gcf_rows(kk * cph);
-    std::vector<scalar_t*> gcf(kk);
+    std::vector<int64_t> off(kk);
+    std::vector<const scalar_t*> cfp(kk), sfp(kk);
+    std::vector<scalar_t> gcf_rows(kk * cph);
+    std::vector<scalar_t*> gcf(kk), gsf(kk);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / (g.G * bands), h = task / bands % g.G, band = task % bands, c0 = h * cph;
       const int64_t y0 = band * R, y1 = std::min(g.Ho, y0 + R);
       std::fill(gcf_rows.begin(), gcf_rows.end(), scalar_t(0));
-      const scalar_t* x = x_ptr + b * xs.n + c0;
       for (int64_t y = y0; y < y1; ++y) {
+        if (gs_ptr != nullptr) {
+          // Taps outside the image read nothing: their gradient is zero (the runs below
+          // overwrite the others).
+          for (int64_t t = 0; t < kk; ++t)
+            for (int64_t xo = 0; xo < g.Wo; ++xo) gs_ptr[gss.offset(b, h * kk + t, y, xo)] = scalar_t(0);
+        }
         int64_t i_lo, i_hi;
         g.inside_taps(y, g.H, i_lo, i_hi);
-        for (int64_t xo = 0; xo < g.Wo; ++xo) {
+        // Runs of pixels with the same column taps (the borders, and the interior).
+        for (int64_t x0 = 0; x0 < g.Wo;) {
           int64_t j_lo, j_hi;
-          g.inside_taps(xo, g.W, j_lo, j_hi);
+          g.inside_taps(x0, g.W, j_lo, j_hi);
+          int64_t x1 = x0 + 1;
+          for (int64_t lo, hi; x1 < g.Wo; ++x1) {
+            g.inside_taps(x1, g.W, lo, hi);
+            if (lo != j_lo || hi != j_hi) break;
+          }
           int64_t taps = 0;
           for (int64_t i = i_lo; i < i_hi; ++i) {
             for (int64_t j = j_lo; j < j_hi; ++j, ++taps) {
               const int64_t t = i * g.k + j;
-              tap_of[taps] = t;
-              off[taps] = g.input_coord(y, i) * xs.h + g.input_coord(xo, j) * xs.w;
+              off[taps] = g.input_coord(y, i) * xs.h + g.input_coord(x0, j) * xs.w;
               cfp[taps] = cfT.data() + (b * kk + t) * g.C + c0;
-              sfv[taps] = sf_ptr[ss.offset(b, h * kk + t, y, xo)];
+              sfp[taps] = sf_ptr + ss.offset(b, h * kk + t, y, x0);
               gcf[taps] = gcf_rows.data() + t * cph;
+              gsf[taps] = gs_ptr != nullptr ? gs_ptr + gss.offset(b, h * kk + t, y, x0) : nullptr;
             }
           }
           if (taps > 0) {
             with_isa([&](auto isa) {
               pixel_filter_grads<M, scalar_t>(
-                  isa, go_ptr + b * gos.n + c0 + y * gos.h + xo * gos.w, x, off.data(), cfp.data(), sfv.data(), taps, cph,
-                  gcf.data(), gsf.data());
+                  isa, go_ptr + b * gos.n + c0 + y * gos.h + x0 * gos.w, gos.w, x1 - x0, x_ptr + b * xs.n + c0, s * xs.w,
+                  off.data(), cfp.data(), sfp.data(), ss.w, taps, cph, gcf.data(), gs_ptr != nullptr ? gsf.data() : nullptr,
+                  gss.w);
             });
           }
-          if (gs_ptr != nullptr) {
-            // Taps outside the image read nothing: their gradient is zero.
-            for (int64_t t = 0; t < kk; ++t) gs_ptr[gss.offset(b, h * kk + t, y, xo)] = scalar_t(0);
-            for (int64_t m = 0; m < taps; ++m) gs_ptr[gss.offset(b, h * kk + tap_of[m], y, xo)] = gsf[m];
-          }
+          x0 = x1;
         }
       }
       if (gc_ptr != nullptr) {
