@@ -3,7 +3,8 @@
 csrc/cpu/ddf_cpu_pixels.h (forward) runs for float32 and float64 when a head has at least 8
 channels, and the input's channels are contiguous (channels_last), or its map is small (at
 most 100 output pixels, NCHW, through a transposed band); csrc/cpu/ddf_cpu_pixels_backward.h
-(backward) when input, grad_output and grad_input have contiguous channels. The other tests
+(backward) when input, grad_output and grad_input have contiguous channels, or on
+channels_last copies of NCHW operands whose map is at most 256 output pixels. The other tests
 use narrower heads, so they never reach them. These cover each path: input read in place or
 transposed (whole band, row by row, strided columns), output written in place or transposed,
 full vectors of channels and the channels left over (widths that are not a multiple of any
@@ -136,12 +137,15 @@ def test_opcheck_channels_last():
 
 # ---- Backward --------------------------------------------------------------------------------
 
-BACKWARD_LAYOUTS = ["channels_last", "channels_last_x_only", "channels_last_sliced"]
+# The NCHW ones (maps of at most 256 output pixels) run on channels_last copies: transposed
+# in registers where contiguous (nchw), by ATen where not (the views).
+BACKWARD_LAYOUTS = LAYOUTS
 
 
-def channels_last_grad_output(x, sf, gen):
+def grad_output_like(x, sf, gen):
+    """grad_output in the layout autograd would hand over: the output's, which follows x."""
     go = rand(gen, x.shape[0], x.shape[1], sf.shape[2], sf.shape[3], dtype=x.dtype)
-    return go.contiguous(memory_format=torch.channels_last)
+    return go.contiguous(memory_format=torch.channels_last) if x.stride(1) == 1 else go
 
 
 @pytest.mark.parametrize("layout", BACKWARD_LAYOUTS)
@@ -151,7 +155,7 @@ def test_grads_match_reference_float64(k, stride, dilation, combine, layout):
     gen = torch.Generator().manual_seed(k * 100 + stride * 10 + dilation)
     for (C, G), (H, W) in itertools.product(WIDTHS, SIZES + [(12, 5)]):
         x, cf, sf = inputs(layout, 2, C, H, W, k, G, stride, gen)
-        go = channels_last_grad_output(x, sf, gen)
+        go = grad_output_like(x, sf, gen)
         got = torch.ops.ddf.ddf_backward(go, x, cf, sf, stride, dilation, combine, [True, True, True])
         leaves = [t.detach().clone().requires_grad_(True) for t in (x, cf, sf)]
         expected = torch.autograd.grad(ddf_ops.reference.ddf(*leaves, stride, dilation, combine), leaves, go)
@@ -159,11 +163,12 @@ def test_grads_match_reference_float64(k, stride, dilation, combine, layout):
             torch.testing.assert_close(a, b, **TOLERANCES[torch.float64], msg=f"{name}: C={C} G={G} H={H} W={W}")
 
 
+@pytest.mark.parametrize("layout", ["channels_last", "nchw"])
 @pytest.mark.parametrize("mask", [m for m in itertools.product([False, True], repeat=3) if any(m)])
-def test_each_gradient_alone(mask):
+def test_each_gradient_alone(mask, layout):
     gen = torch.Generator().manual_seed(7)
-    x, cf, sf = inputs("channels_last", 2, 19, 6, 7, 3, 1, 2, gen)
-    go = channels_last_grad_output(x, sf, gen)
+    x, cf, sf = inputs(layout, 2, 19, 6, 7, 3, 1, 2, gen)
+    go = grad_output_like(x, sf, gen)
     every = torch.ops.ddf.ddf_backward(go, x, cf, sf, 2, 1, "mul", [True, True, True])
     some = torch.ops.ddf.ddf_backward(go, x, cf, sf, 2, 1, "mul", list(mask))
     for wanted, a, b in zip(mask, some, every):
@@ -173,11 +178,12 @@ def test_each_gradient_alone(mask):
             assert a is None
 
 
-def test_grads_float32_resnet_shapes():
+@pytest.mark.parametrize("layout", ["channels_last", "nchw"])
+def test_grads_float32_resnet_shapes(layout):
     gen = torch.Generator().manual_seed(6)
-    for C, size in [(512, 7), (64, 20)]:
-        x, cf, sf = inputs("channels_last", 2, C, size, size, 3, 1, 1, gen, dtype=torch.float32)
-        go = channels_last_grad_output(x, sf, gen)
+    for C, size in [(512, 7), (64, 20), (256, 14)]:
+        x, cf, sf = inputs(layout, 2, C, size, size, 3, 1, 1, gen, dtype=torch.float32)
+        go = grad_output_like(x, sf, gen)
         got = torch.ops.ddf.ddf_backward(go, x, cf, sf, 1, 1, "mul", [True, True, True])
         leaves = [t.detach().double().requires_grad_(True) for t in (x, cf, sf)]
         expected = torch.autograd.grad(ddf_ops.reference.ddf(*leaves), leaves, go.double())
@@ -186,10 +192,11 @@ def test_grads_float32_resnet_shapes():
             torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4 * b.abs().max().item(), msg=f"{name} {C}@{size}")
 
 
-def test_grads_deterministic_across_threads():
+@pytest.mark.parametrize("layout", ["channels_last", "nchw"])
+def test_grads_deterministic_across_threads(layout):
     gen = torch.Generator().manual_seed(8)
-    x, cf, sf = inputs("channels_last", 3, 40, 11, 10, 3, 2, 1, gen, dtype=torch.float32)
-    go = channels_last_grad_output(x, sf, gen)
+    x, cf, sf = inputs(layout, 3, 40, 11, 10, 3, 2, 1, gen, dtype=torch.float32)
+    go = grad_output_like(x, sf, gen)
     first = torch.ops.ddf.ddf_backward(go, x, cf, sf, 1, 1, "mul", [True, True, True])
     threads = torch.get_num_threads()
     try:
@@ -201,8 +208,9 @@ def test_grads_deterministic_across_threads():
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("layout", ["channels_last", "nchw"])
 @pytest.mark.parametrize("combine", ["mul", "add"])
-def test_grads_nonfinite_reach_exactly_what_depends_on_them(combine):
+def test_grads_nonfinite_reach_exactly_what_depends_on_them(combine, layout):
     gen = torch.Generator().manual_seed(9)
     for which, (k, stride, dilation) in itertools.product(range(4), [(3, 1, 1), (5, 2, 1), (3, 1, 2)]):
         x, cf, sf = inputs("nchw", 2, 19, 6, 7, k, 1, stride, gen)
@@ -216,8 +224,9 @@ def test_grads_nonfinite_reach_exactly_what_depends_on_them(combine):
         leaves = [t.clone().requires_grad_(True) for t in (x, cf, sf)]
         out = ddf_ops.reference.ddf_inside_taps(*leaves, stride, dilation, combine)
         expected = torch.autograd.grad(out, leaves, go)
-        cl = [t.contiguous(memory_format=torch.channels_last) for t in (go, x, cf, sf)]
-        got = torch.ops.ddf.ddf_backward(*cl, stride, dilation, combine, [True, True, True])
+        if layout == "channels_last":
+            go, x, cf, sf = (t.contiguous(memory_format=torch.channels_last) for t in (go, x, cf, sf))
+        got = torch.ops.ddf.ddf_backward(go, x, cf, sf, stride, dilation, combine, [True, True, True])
         for name, a, b in zip(("input", "channel_filter", "spatial_filter"), got, expected):
             msg = f"{name}, operand {which}, k={k} s={stride} d={dilation}"
             assert torch.equal(a.isnan(), b.isnan()), f"{msg}: NaN positions differ"
