@@ -310,10 +310,11 @@ void forward_in_place(const acc_t* x, int64_t plane_stride, const Layout& lay, c
   }
   for (int64_t k = 0; k < cb; ++k) {
     load_channel_filter(cf, cs, g, b, c0 + k, cfp + k * kk);
-    for (int64_t tap = 0; tap < kk; ++tap) {
-      const int64_t i = tap / g.k, j = tap % g.k;
-      ap[k * kk + tap] = x + k * plane_stride + y0 * W + (i * d - pad) * W + (j * d - pad);
-    }
+    // Nested loops, not tap / k: at 14 x 14 the 64-bit divisions of the set-up cost a
+    // quarter of the time the taps take.
+    const acc_t* x0 = x + k * plane_stride + (y0 - pad) * W - pad;
+    for (int64_t i = 0, tap = 0; i < g.k; ++i)
+      for (int64_t j = 0; j < g.k; ++j, ++tap) ap[k * kk + tap] = x0 + i * d * W + j * d;
     outs[k] = out + k * out_plane_stride;
   }
   if (full > 0) apply_taps_block<M, acc_t>(cb, outs, full, ap, w, cfp, kk);
