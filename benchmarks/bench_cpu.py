@@ -84,7 +84,10 @@ def main():
     print()
     print(table(train_cases, fwd_bwd, "forward + backward"))
     if args.plot:
-        title = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, B={args.batch}"
+        title = (
+            f"{platform.processor() or platform.machine()}, ddf kernels {torch.ops.ddf._cpu_isa()}, "
+            f"{torch.get_num_threads()} threads, torch {torch.__version__}, B={args.batch}"
+        )
         plot_or_explain([c.label for c in train_cases], fwd[: len(train_cases)], fwd_bwd, args.plot, title)
 
 

@@ -44,7 +44,7 @@ def plot_ratios(shapes: Sequence[str], forward: Times, forward_backward: Times, 
         if len(times) != len(shapes) or any(OURS not in t for t in times):
             raise ValueError(f"{name}: need one {{name: ms}} per shape, each with {OURS!r}")
     alternatives = [n for n in forward[0] if n != OURS]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.8), sharey=True)
     width = 0.8 / len(alternatives)
     for ax, (name, times) in zip(axes, panels):
         for a, alt in enumerate(alternatives):
@@ -54,7 +54,8 @@ def plot_ratios(shapes: Sequence[str], forward: Times, forward_backward: Times, 
             ax.bar_label(bars, labels=[f"{r:.2f}" for r in ratios], fontsize=6, rotation=90, padding=2)
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_yscale("log")
-        ax.set_xticks(range(len(shapes)), shapes)
+        # "64@56² channels_last" on two lines: one line per label overlapped its neighbours.
+        ax.set_xticks(range(len(shapes)), [s.replace(" ", "\n") for s in shapes], fontsize=7)
         ax.set_xlabel("channels @ size (ResNet-50 stages)")
         ax.set_title(name)
         ax.grid(axis="y", which="both", alpha=0.3)
