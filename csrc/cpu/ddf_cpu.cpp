@@ -647,21 +647,32 @@ void input_grad_kernel(
 
 constexpr int64_t kTransposeChannels = 64;
 
+// Every (batch, block of kTransposeChannels channels) of a B x C x HW tensor, in parallel:
+// NCHW src to channels_last dst, or (to_channels_last false) back.
+template <typename scalar_t>
+void transpose_layout(const scalar_t* src, scalar_t* dst, int64_t B, int64_t C, int64_t HW, bool to_channels_last) {
+  const int64_t blocks = ceil_div(C, kTransposeChannels);
+  at::parallel_for(0, B * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / blocks, c0 = task % blocks * kTransposeChannels, cb = std::min(kTransposeChannels, C - c0);
+      const int64_t nchw = (b * C + c0) * HW, cl = b * HW * C + c0;
+      if (to_channels_last) {
+        transpose_block(src + nchw, HW, dst + cl, C, cb, HW);
+      } else {
+        transpose_block(src + cl, C, dst + nchw, HW, HW, cb);
+      }
+    }
+  });
+}
+
 // t with contiguous channels: t itself, or a channels_last copy.
 template <typename scalar_t>
 at::Tensor channels_contiguous(const at::Tensor& t) {
   if (t.stride(1) == 1) return t;
   if (!t.is_contiguous()) return t.contiguous(at::MemoryFormat::ChannelsLast);
   at::Tensor out = at::empty(t.sizes(), t.options().memory_format(at::MemoryFormat::ChannelsLast));
-  const int64_t C = t.size(1), HW = t.size(2) * t.size(3), blocks = ceil_div(C, kTransposeChannels);
-  const scalar_t* src = t.const_data_ptr<scalar_t>();
-  scalar_t* dst = out.mutable_data_ptr<scalar_t>();
-  at::parallel_for(0, t.size(0) * blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / blocks, c0 = task % blocks * kTransposeChannels, cb = std::min(kTransposeChannels, C - c0);
-      transpose_block(src + (b * C + c0) * HW, HW, dst + b * HW * C + c0, C, cb, HW);
-    }
-  });
+  transpose_layout(t.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), t.size(0), t.size(1),
+                   t.size(2) * t.size(3), true);
   return out;
 }
 
@@ -673,15 +684,8 @@ void copy_from_channels_contiguous(at::Tensor& dst, const at::Tensor& src) {
     dst.copy_(src);
     return;
   }
-  const int64_t C = dst.size(1), HW = dst.size(2) * dst.size(3), blocks = ceil_div(C, kTransposeChannels);
-  const scalar_t* from = src.const_data_ptr<scalar_t>();
-  scalar_t* to = dst.mutable_data_ptr<scalar_t>();
-  at::parallel_for(0, dst.size(0) * blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / blocks, c0 = task % blocks * kTransposeChannels, cb = std::min(kTransposeChannels, C - c0);
-      transpose_block(from + b * HW * C + c0, C, to + (b * C + c0) * HW, HW, HW, cb);
-    }
-  });
+  transpose_layout(src.const_data_ptr<scalar_t>(), dst.mutable_data_ptr<scalar_t>(), dst.size(0), dst.size(1),
+                   dst.size(2) * dst.size(3), false);
 }
 
 // ---------------------------------------------------------------------------------------

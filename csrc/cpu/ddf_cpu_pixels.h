@@ -139,6 +139,19 @@ inline bool use_pixel_forward(const Geometry& g, const Strides4& xs) {
       in_rows * g.W * g.channels_per_head() * 8 <= kPixelsMaxBandBytes;
 }
 
+// The run of output columns x0 <= x < x1 (x1 is returned) whose column taps inside the image
+// are those of x0, [j_lo, j_hi): a border column, or the interior. Every pixel of a run reads
+// at the same shift per tap, so one kernel call takes the whole run.
+inline int64_t same_taps_run(const Geometry& g, int64_t x0, int64_t& j_lo, int64_t& j_hi) {
+  g.inside_taps(x0, g.W, j_lo, j_hi);
+  int64_t x1 = x0 + 1;
+  for (int64_t lo, hi; x1 < g.Wo; ++x1) {
+    g.inside_taps(x1, g.W, lo, hi);
+    if (lo != j_lo || hi != j_hi) break;
+  }
+  return x1;
+}
+
 // The channel filter as cfT[b][tap][c]: each tap's values for the channels of a head are
 // one vector load.
 template <typename scalar_t>
@@ -235,12 +248,7 @@ void pixel_forward(
         // Segments of pixels with the same column taps (the borders, and the interior).
         for (int64_t x0 = 0; x0 < g.Wo;) {
           int64_t j_lo, j_hi;
-          g.inside_taps(x0, g.W, j_lo, j_hi);
-          int64_t x1 = x0 + 1;
-          for (int64_t lo, hi; x1 < g.Wo; ++x1) {
-            g.inside_taps(x1, g.W, lo, hi);
-            if (lo != j_lo || hi != j_hi) break;
-          }
+          const int64_t x1 = same_taps_run(g, x0, j_lo, j_hi);
           int64_t taps = 0;
           for (int64_t i = i_lo; i < i_hi; ++i) {
             for (int64_t j = j_lo; j < j_hi; ++j, ++taps) {

@@ -265,12 +265,7 @@ void pixel_filter_grads(
         // Runs of pixels with the same column taps (the borders, and the interior).
         for (int64_t x0 = 0; x0 < g.Wo;) {
           int64_t j_lo, j_hi;
-          g.inside_taps(x0, g.W, j_lo, j_hi);
-          int64_t x1 = x0 + 1;
-          for (int64_t lo, hi; x1 < g.Wo; ++x1) {
-            g.inside_taps(x1, g.W, lo, hi);
-            if (lo != j_lo || hi != j_hi) break;
-          }
+          const int64_t x1 = same_taps_run(g, x0, j_lo, j_hi);
           int64_t taps = 0;
           for (int64_t i = i_lo; i < i_hi; ++i) {
             for (int64_t j = j_lo; j < j_hi; ++j, ++taps) {
