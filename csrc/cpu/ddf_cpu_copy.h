@@ -54,11 +54,7 @@ DDF_INLINE void copy_block_body(
                                                   D* dst, int64_t dst_rs, int64_t dst_cs, int64_t rows, int64_t cols) { \
     copy_block_body(src, src_rs, src_cs, dst, dst_rs, dst_cs, rows, cols);                         \
   }
-DDF_COPY_BLOCK(Isa::Baseline, )
-#if DDF_X86_ISA_DISPATCH
-DDF_COPY_BLOCK(Isa::Avx2, DDF_TARGET_AVX2)
-DDF_COPY_BLOCK(Isa::Avx512, DDF_TARGET_AVX512)
-#endif
+DDF_FOR_EACH_ISA(DDF_COPY_BLOCK)
 #undef DDF_COPY_BLOCK
 
 template <typename S, typename D>
@@ -126,17 +122,17 @@ DDF_INLINE void transpose_body(const T* src, int64_t src_rs, T* dst, int64_t dst
 #endif
 }
 
-#define DDF_TRANSPOSE(ISA, TARGET, BYTES)                                                                  \
+// Tiles of at most 32 bytes a side: on AVX-512 too (8 x 8 floats in 8 registers).
+template <Isa I>
+constexpr int64_t kTransposeBytes = kIsaBytes<I> < 32 ? kIsaBytes<I> : 32;
+
+#define DDF_TRANSPOSE(ISA, TARGET)                                                                         \
   template <typename T>                                                                                    \
   TARGET void transpose_isa(IsaTag<ISA>, const T* src, int64_t src_rs, T* dst, int64_t dst_rs, int64_t rows, \
                             int64_t cols) {                                                                \
-    transpose_body<T, BYTES>(src, src_rs, dst, dst_rs, rows, cols);                                        \
+    transpose_body<T, kTransposeBytes<ISA>>(src, src_rs, dst, dst_rs, rows, cols);                         \
   }
-DDF_TRANSPOSE(Isa::Baseline, , 16)
-#if DDF_X86_ISA_DISPATCH
-DDF_TRANSPOSE(Isa::Avx2, DDF_TARGET_AVX2, 32)
-DDF_TRANSPOSE(Isa::Avx512, DDF_TARGET_AVX512, 32)
-#endif
+DDF_FOR_EACH_ISA(DDF_TRANSPOSE)
 #undef DDF_TRANSPOSE
 
 template <typename T>

@@ -156,11 +156,7 @@ DDF_INLINE bool all_finite_body(const acc_t* v, int64_t row_stride, int64_t rows
   TARGET bool all_finite_isa(IsaTag<ISA>, const acc_t* v, int64_t row_stride, int64_t rows, int64_t cols) { \
     return all_finite_body(v, row_stride, rows, cols);                                              \
   }
-DDF_ALL_FINITE(Isa::Baseline, )
-#if DDF_X86_ISA_DISPATCH
-DDF_ALL_FINITE(Isa::Avx2, DDF_TARGET_AVX2)
-DDF_ALL_FINITE(Isa::Avx512, DDF_TARGET_AVX512)
-#endif
+DDF_FOR_EACH_ISA(DDF_ALL_FINITE)
 #undef DDF_ALL_FINITE
 
 template <typename acc_t>

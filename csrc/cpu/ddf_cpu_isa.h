@@ -34,6 +34,16 @@ struct IsaTag {
 #define DDF_X86_ISA_DISPATCH 0
 #endif
 
+// X(ISA, TARGET) for every ISA this build dispatches to: how each file instantiates its
+// per-ISA overloads of a loop (X defines one, with the TARGET attribute in front).
+#if DDF_X86_ISA_DISPATCH
+#define DDF_FOR_EACH_ISA(X) \
+  X(Isa::Baseline, )        \
+  X(Isa::Avx2, DDF_TARGET_AVX2) X(Isa::Avx512, DDF_TARGET_AVX512)
+#else
+#define DDF_FOR_EACH_ISA(X) X(Isa::Baseline, )
+#endif
+
 // The ISA of this process (computed once).
 Isa cpu_isa();
 const char* isa_name(Isa isa);

@@ -112,11 +112,7 @@ DDF_INLINE void pixel_segment_body(
                             int64_t sf_step, int64_t taps, int64_t C) {                                      \
     pixel_segment_body<M, acc_t, kIsaBytes<ISA>>(out, out_step, nx, in, in_step, off, cf, sf, sf_step, taps, C); \
   }
-DDF_PIXEL_LOOPS(Isa::Baseline, )
-#if DDF_X86_ISA_DISPATCH
-DDF_PIXEL_LOOPS(Isa::Avx2, DDF_TARGET_AVX2)
-DDF_PIXEL_LOOPS(Isa::Avx512, DDF_TARGET_AVX512)
-#endif
+DDF_FOR_EACH_ISA(DDF_PIXEL_LOOPS)
 #undef DDF_PIXEL_LOOPS
 
 // An NCHW input whose maps are at most this many pixels runs here too, through a transposed

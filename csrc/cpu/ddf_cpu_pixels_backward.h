@@ -134,11 +134,7 @@ DDF_INLINE void pixel_filter_grads_body(
     pixel_filter_grads_body<M, acc_t, kIsaBytes<ISA>>(                                                       \
         go, go_step, nx, in, in_step, off, cf, sf, sf_step, taps, C, gcf, gsf, gsf_step);                    \
   }
-DDF_PIXEL_GRAD_LOOPS(Isa::Baseline, )
-#if DDF_X86_ISA_DISPATCH
-DDF_PIXEL_GRAD_LOOPS(Isa::Avx2, DDF_TARGET_AVX2)
-DDF_PIXEL_GRAD_LOOPS(Isa::Avx512, DDF_TARGET_AVX512)
-#endif
+DDF_FOR_EACH_ISA(DDF_PIXEL_GRAD_LOOPS)
 #undef DDF_PIXEL_GRAD_LOOPS
 
 // NCHW operands whose maps are at most this many output pixels run here too, on channels_last

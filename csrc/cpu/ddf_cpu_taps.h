@@ -196,11 +196,7 @@ DDF_INLINE void tap_grads_body(
     tap_grads_body<M, CB, acc_t, kIsaBytes<ISA>>(g, n, a, w, c, taps, gc_lanes, gw);                        \
   }
 
-DDF_TAP_LOOPS(Isa::Baseline, )
-#if DDF_X86_ISA_DISPATCH
-DDF_TAP_LOOPS(Isa::Avx2, DDF_TARGET_AVX2)
-DDF_TAP_LOOPS(Isa::Avx512, DDF_TARGET_AVX512)
-#endif
+DDF_FOR_EACH_ISA(DDF_TAP_LOOPS)
 #undef DDF_TAP_LOOPS
 
 }  // namespace cpu
