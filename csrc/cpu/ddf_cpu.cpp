@@ -30,6 +30,7 @@
 #include "../ddf_dtype_dispatch.h"
 #include "ddf_cpu_copy.h"
 #include "ddf_cpu_direct.h"
+#include "ddf_cpu_head.h"
 #include "ddf_cpu_pixels.h"
 #include "ddf_cpu_pixels_backward.h"
 #include "ddf_cpu_taps.h"
@@ -282,48 +283,51 @@ void tap_grads_block(int64_t cb, Args... args) {
 // ---------------------------------------------------------------------------------------
 // Forward. Tasks: (b, head, band of output rows).
 
-// The forward of cb channels (planes `plane_stride` apart) on the dense layout, in place: the
-// taps read the input planes themselves, and the loops write the output rows y0 .. y0 + ny
-// (contiguous, Wo == W) directly, but for the last partial block, which goes through `tail`
-// (cb buffers of a block) so that nothing past the band is written. The caller has checked
-// that every read stays inside the input's storage, and zeroed the spatial-filter values of
-// the taps outside the image (zero_outside_taps).
-template <Combine M, typename acc_t, typename scalar_t>
-void forward_in_place(const acc_t* x, int64_t plane_stride, const Layout& lay, const Geometry& g, int64_t y0, int64_t ny,
-                      int64_t cb, acc_t* out, int64_t out_plane_stride, const acc_t* const* w, const scalar_t* cf,
-                      const Strides4& cs, int64_t b, int64_t c0, acc_t* const* tail) {
-  // The tail is one 64-byte group (apply_taps takes any multiple of 64 bytes).
-  constexpr int64_t group = kLanes<acc_t>, CB = kChannelBlock;
-  const int64_t kk = lay.kk, d = g.dilation, pad = g.pad(), W = g.W, total = ny * W, full = total / group * group;
-  acc_t cfv[CB * 64];
-  const acc_t* a[CB * 64];
-  acc_t* outs[CB];
-  const acc_t* wt[64];
-  std::vector<acc_t> cf_big;
-  std::vector<const acc_t*> a_big, wt_big;
-  acc_t* cfp = cfv;
-  const acc_t** ap = a;
-  const acc_t** wp = wt;
-  if (kk > 64) {  // large kernels: heap arrays (small ones stay on the stack)
-    cf_big.resize(CB * kk), a_big.resize(CB * kk), wt_big.resize(kk);
-    cfp = cf_big.data(), ap = a_big.data(), wp = wt_big.data();
-  }
-  for (int64_t k = 0; k < cb; ++k) {
-    load_channel_filter(cf, cs, g, b, c0 + k, cfp + k * kk);
-    // Nested loops, not tap / k: at 14 x 14 the 64-bit divisions of the set-up cost a
-    // quarter of the time the taps take.
-    const acc_t* x0 = x + k * plane_stride + (y0 - pad) * W - pad;
-    for (int64_t i = 0, tap = 0; i < g.k; ++i)
-      for (int64_t j = 0; j < g.k; ++j, ++tap) ap[k * kk + tap] = x0 + i * d * W + j * d;
-    outs[k] = out + k * out_plane_stride;
-  }
-  if (full > 0) apply_taps_block<M, acc_t>(cb, outs, full, ap, w, cfp, kk);
-  if (full < total) {
-    for (int64_t k = 0; k < cb; ++k)
-      for (int64_t tap = 0; tap < kk; ++tap) ap[k * kk + tap] += full;
-    for (int64_t tap = 0; tap < kk; ++tap) wp[tap] = w[tap] + full;
-    apply_taps_block<M, acc_t>(cb, tail, group, ap, wp, cfp, kk);
-    for (int64_t k = 0; k < cb; ++k) std::copy(tail[k], tail[k] + (total - full), outs[k] + full);
+// The forward of the channels [c_begin, c_end) of task's head, band y0 .. y0 + ny, in place
+// (see ddf_cpu_head.h): the channels whose reads stay inside the input's storage run there
+// in one call per run of them, the others through `copies(c, 1)`. w: the band's
+// spatial-filter rows, zeroed outside the image (zero_outside_taps).
+template <typename acc_t, typename scalar_t, typename Copies>
+void forward_head_in_place(const scalar_t* x_ptr, const Strides4& xs, const char* storage_begin, const char* storage_end,
+                           scalar_t* out_ptr, const Strides4& os, const acc_t* const* w, const scalar_t* cf_ptr,
+                           const Strides4& cs, const Geometry& g, int64_t b, int64_t c_begin, int64_t c_end, int64_t y0,
+                           int64_t ny, std::vector<acc_t>& cf, std::vector<uint8_t>& bad, const Operands<scalar_t>& ops,
+                           Copies&& copies) {
+  static_assert(std::is_same_v<scalar_t, acc_t>, "read in place");
+  const int64_t kk = g.taps(), d = g.dilation, pad = g.pad(), W = g.W, n = ny * W;
+  int64_t off[64];
+  std::vector<int64_t> off_big;
+  int64_t* offp = off;
+  if (kk > 64) off_big.resize(kk), offp = off_big.data();  // large kernels: on the heap
+  for (int64_t i = 0, tap = 0; i < g.k; ++i)
+    for (int64_t j = 0; j < g.k; ++j, ++tap) offp[tap] = (i * d - pad) * W + j * d - pad;
+  const int64_t reach = pad * W + pad, n_read = round_up(n, kBlock<acc_t>);
+  auto plane = [&](int64_t c) { return x_ptr + b * xs.n + c * xs.c + y0 * W; };
+  auto inside = [&](int64_t c) {
+    const char* lo = reinterpret_cast<const char*>(plane(c) - reach);
+    const char* hi = reinterpret_cast<const char*>(plane(c) + reach + n_read);
+    return lo >= storage_begin && hi <= storage_end;
+  };
+  cf.resize((c_end - c_begin) * kk);
+  bad.resize(c_end - c_begin);
+  for (int64_t c = c_begin; c < c_end;) {
+    if (!inside(c)) {
+      copies(c, int64_t(1));
+      ++c;
+      continue;
+    }
+    int64_t e = c + 1;
+    while (e < c_end && inside(e)) ++e;
+    for (int64_t k = c; k < e; ++k) load_channel_filter(cf_ptr, cs, g, b, k, cf.data() + (k - c) * kk);
+    std::fill(bad.begin(), bad.end(), uint8_t(0));
+    with_isa([&](auto isa) {
+      forward_head(isa, out_ptr + os.offset(b, c, y0, 0), os.c, plane(c), xs.c, offp, w, cf.data(), kk, e - c, n,
+                   bad.data());
+    });
+    for (int64_t k = c; k < e; ++k) {
+      if (bad[k - c]) direct_forward<Combine::Mul>(ops, out_ptr, os, g, b, k, k + 1, y0, y0 + ny);  // see ddf_cpu_direct.h
+    }
+    c = e;
   }
 }
 
@@ -347,8 +351,8 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& cf, const at::Ten
   const int64_t x_plane = lay.dense ? (R + lay.a_max) * L + block + 2 * lay.margin : (R + lay.a_max + 1) * L + block;
   const int64_t x_size = s * s * x_plane;
 
-  // Dense, float32, contiguous rows: channel blocks whose reads stay inside the input's
-  // storage run in place (forward_in_place), with no copies.
+  // Dense ("mul", stride 1), float32 or float64, contiguous rows: the channels whose reads
+  // stay inside the input's storage run in place, with no copies (forward_head_in_place).
   const bool in_place = lay.dense && std::is_same_v<scalar_t, acc_t> && xs.w == 1 && xs.h == g.W && os.w == 1 &&
       os.h == g.Wo;
   const char* storage_begin = static_cast<const char*>(input.storage().data());
@@ -359,6 +363,8 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& cf, const at::Ten
     std::vector<acc_t> x_buf(CB * x_size), w_buf(kk * w_size), acc(CB * w_size), cfv(CB * kk);
     std::vector<const acc_t*> a(CB * kk), w(kk);
     std::vector<acc_t*> outs(CB);
+    std::vector<acc_t> cf_head;  // the in-place path's channel filters, [c][tap]
+    std::vector<uint8_t> bad;    // and its non-finite channels
     for (int64_t k = 0; k < CB; ++k) {
       outs[k] = acc.data() + k * w_size;
       for (int64_t tap = 0; tap < kk; ++tap) {
@@ -369,33 +375,15 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& cf, const at::Ten
       const Task task(t, g.G, bands);
       const int64_t y0 = task.band * R, ny = std::min(R, g.Ho - y0), n = round_up(ny * L, block);
       const int64_t x_rows = ny + lay.a_max + 1, in_row0 = y0 * s - g.pad(), in_rows = x_rows * s;
-      zero(x_buf);
+      bool x_buf_zeroed = false;  // (zeroed on first use: the in-place path has no use for it)
       zero(w_buf);
       for (int64_t tap = 0; tap < kk; ++tap) {
         w[tap] = w_buf.data() + tap * w_size;
         load_output_rows(w_buf.data() + tap * w_size, sf_ptr + ss.offset(task.b, task.h * kk + tap, 0, 0), ss.h, ss.w, g, y0, ny, L);
         if (lay.dense) zero_outside_taps(w_buf.data() + tap * w_size, g, tap / g.k, tap % g.k, y0, ny);
       }
-      for_each_channel_block(task.h, cph, [&](int64_t c0, int64_t cb) {
-        // (A band shorter than two blocks runs faster through the copies: its remainder
-        // vectors, one at a time, have too little independent work; measured at 7x7.)
-        bool direct = in_place && ny * g.W >= 2 * block;
-        for (int64_t k = 0; k < cb && direct; ++k) {
-          const char* lo = reinterpret_cast<const char*>(x_ptr + task.b * xs.n + (c0 + k) * xs.c + (y0 - g.pad()) * g.W - g.pad());
-          const char* hi = reinterpret_cast<const char*>(x_ptr + task.b * xs.n + (c0 + k) * xs.c + y0 * g.W + n + g.pad() * g.W + g.pad());
-          direct = lo >= storage_begin && hi <= storage_end;
-        }
-        if (direct) {
-          forward_in_place<M, acc_t>(
-              reinterpret_cast<const acc_t*>(x_ptr + task.b * xs.n + c0 * xs.c), xs.c, lay, g, y0, ny, cb,
-              reinterpret_cast<acc_t*>(out_ptr + os.offset(task.b, c0, y0, 0)), os.c, w.data(), cf_ptr, cs, task.b, c0,
-              outs.data());
-          for (int64_t k = 0; k < cb; ++k) {
-            const acc_t* o = reinterpret_cast<const acc_t*>(out_ptr + os.offset(task.b, c0 + k, y0, 0));
-            if (!all_finite(o, ny * g.Wo, 1, ny * g.Wo)) direct_forward<M>(ops, out_ptr, os, g, task.b, c0 + k, c0 + k + 1, y0, y0 + ny);
-          }
-          return;
-        }
+      auto copies = [&](int64_t c0, int64_t cb) {
+        if (!x_buf_zeroed) zero(x_buf), x_buf_zeroed = true;
         for (int64_t k = 0; k < cb; ++k) {
           const scalar_t* x_plane_ptr = x_ptr + task.b * xs.n + (c0 + k) * xs.c;
           if (lay.dense) {
@@ -416,7 +404,15 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& cf, const at::Ten
             direct_forward<M>(ops, out_ptr, os, g, task.b, c0 + k, c0 + k + 1, y0, y0 + ny);  // see ddf_cpu_direct.h
           }
         }
-      });
+      };
+      if constexpr (M == Combine::Mul && std::is_same_v<scalar_t, acc_t>) {
+        if (in_place) {
+          forward_head_in_place<acc_t>(x_ptr, xs, storage_begin, storage_end, out_ptr, os, w.data(), cf_ptr, cs, g,
+                                       task.b, task.h * cph, (task.h + 1) * cph, y0, ny, cf_head, bad, ops, copies);
+          continue;
+        }
+      }
+      for_each_channel_block(task.h, cph, copies);
     }
   });
 }

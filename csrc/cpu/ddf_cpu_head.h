@@ -1,0 +1,181 @@
+// The NCHW forward of a run of channels of one head, in place ("mul", stride 1, dense rows).
+//
+// forward_kernel (ddf_cpu.cpp) sends a task's channels here when their planes can be read
+// where they lie: every tap t reads the input at one flat shift off[t] from the output
+// pixel, across row ends (the spatial-filter rows w[t], shared by the head's channels, are
+// zero wherever the tap falls outside the image, which "mul" turns into a zero term):
+//   out[c*out_cs + p] = sum_t x[c*x_cs + off[t] + p] * (cf[c*taps + t] * w[t][p])
+// for c < C and p < n. One call per task keeps the channel loop, the tap pointers and the
+// finiteness check of the outputs inside the ISA's code: done per 2-channel block outside
+// it, they cost half as much as the taps at 14 x 14 (perf, AVX-512).
+//
+// Blocks: CB channels x kBlockVecs vectors while whole blocks last; the remainder of the
+// row range (less than a block, all of a 7 x 7 map) runs across more channels at once
+// (remainder_pass), since a block of one vector and two channels is bound by the latency
+// of its two sums (it took as long as a full block).
+//
+// Reads x[c*x_cs + off[t] + p] and w[t][p] for p < round_up(n, vector) (the caller checks
+// that they stay inside the storage); writes out[c*out_cs + p] for p < n only.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "ddf_cpu_taps.h"
+
+namespace ddf {
+namespace cpu {
+
+// Channels of a main block: 4 x 4 accumulators fit AVX-512's 32 registers with the filter
+// vectors; AVX2, SSE2 and this code's NEON build keep 2 x 4.
+template <Isa I>
+constexpr int64_t kHeadChannels = I == Isa::Avx512 ? 4 : 2;
+
+// CB channels k from c, NV vectors from p0, of which `valid` elements are outputs (the
+// lanes after them are computed and dropped). Returns the sum of acc * 0 over the outputs:
+// 0 if they are all finite, NaN if not.
+template <int64_t CB, int64_t NV, typename acc_t, int64_t Bytes>
+DDF_INLINE VecN<acc_t, Bytes> head_block(
+    acc_t* out,
+    int64_t out_cs,
+    const acc_t* x,
+    int64_t x_cs,
+    const int64_t* off,
+    const acc_t* const* w,
+    const acc_t* cf,
+    int64_t taps,
+    int64_t p0,
+    int64_t valid) {
+  using V = VecN<acc_t, Bytes>;
+  constexpr int64_t lanes = Bytes / int64_t(sizeof(acc_t));
+  V acc[CB][NV] = {};
+  for (int64_t t = 0; t < taps; ++t) {
+    V wv[NV];
+    DDF_UNROLL for (int64_t v = 0; v < NV; ++v) wv[v] = load<V>(w[t] + p0 + v * lanes);
+    const acc_t* xt = x + off[t] + p0;
+    DDF_UNROLL for (int64_t k = 0; k < CB; ++k) {
+      const acc_t ct = cf[k * taps + t];
+      DDF_UNROLL for (int64_t v = 0; v < NV; ++v) acc[k][v] += load<V>(xt + k * x_cs + v * lanes) * (wv[v] * ct);
+    }
+  }
+  V check = {};
+  DDF_UNROLL for (int64_t k = 0; k < CB; ++k) {
+    DDF_UNROLL for (int64_t v = 0; v < NV; ++v) {
+      acc_t* dst = out + k * out_cs + p0 + v * lanes;
+      const int64_t m = valid - v * lanes;
+      if (m >= lanes) {
+        store(dst, acc[k][v]);
+        check += acc[k][v] * acc_t(0);
+      } else if (m > 0) {  // the last, partial vector of the range
+        acc_t part[lanes];
+        store(part, acc[k][v]);
+        std::memcpy(dst, part, m * sizeof(acc_t));
+        for (int64_t l = 0; l < m; ++l) check[0] += part[l] * acc_t(0);
+      }
+    }
+  }
+  return check;
+}
+
+// Marks the CB channels from c in bad[] if check holds a NaN.
+template <int64_t CB, typename V>
+DDF_INLINE void mark_non_finite(const V& check, int64_t lanes, uint8_t* bad) {
+  bool any = false;
+  for (int64_t l = 0; l < lanes; ++l) any |= check[l] != check[l];
+  if (any) {
+    for (int64_t k = 0; k < CB; ++k) bad[k] = 1;
+  }
+}
+
+// The remainder [p0, p0 + valid) of NV vectors, for channels [0, C): CB channels at a time
+// (CB * NV independent sums), then one.
+template <int64_t CB, int64_t NV, typename acc_t, int64_t Bytes>
+DDF_INLINE void remainder_pass(
+    acc_t* out,
+    int64_t out_cs,
+    const acc_t* x,
+    int64_t x_cs,
+    const int64_t* off,
+    const acc_t* const* w,
+    const acc_t* cf,
+    int64_t taps,
+    int64_t C,
+    int64_t p0,
+    int64_t valid,
+    uint8_t* bad) {
+  constexpr int64_t lanes = Bytes / int64_t(sizeof(acc_t));
+  int64_t c = 0;
+  for (; c + CB <= C; c += CB) {
+    mark_non_finite<CB>(
+        head_block<CB, NV, acc_t, Bytes>(out + c * out_cs, out_cs, x + c * x_cs, x_cs, off, w, cf + c * taps, taps, p0, valid),
+        lanes, bad + c);
+  }
+  for (; c < C; ++c) {
+    mark_non_finite<1>(
+        head_block<1, NV, acc_t, Bytes>(out + c * out_cs, out_cs, x + c * x_cs, x_cs, off, w, cf + c * taps, taps, p0, valid),
+        lanes, bad + c);
+  }
+}
+
+// See the top of this file. bad[c] is set to 1 for each channel with a non-finite output
+// (bad[] must come in zeroed): the caller recomputes those (see ddf_cpu_direct.h).
+template <int64_t CB, typename acc_t, int64_t Bytes>
+DDF_INLINE void forward_head_body(
+    acc_t* out,
+    int64_t out_cs,
+    const acc_t* x,
+    int64_t x_cs,
+    const int64_t* off,
+    const acc_t* const* w,
+    const acc_t* cf,
+    int64_t taps,
+    int64_t C,
+    int64_t n,
+    uint8_t* bad) {
+  using V = VecN<acc_t, Bytes>;
+  constexpr int64_t lanes = Bytes / int64_t(sizeof(acc_t)), BV = kBlockVecs, block = BV * lanes;
+  const int64_t full = n / block * block;
+  auto channels = [&](auto cb) {
+    constexpr int64_t K = decltype(cb)::value;
+    return [&](int64_t c) {
+      V check = {};
+      for (int64_t p0 = 0; p0 < full; p0 += block) {
+        check += head_block<K, BV, acc_t, Bytes>(
+            out + c * out_cs, out_cs, x + c * x_cs, x_cs, off, w, cf + c * taps, taps, p0, block);
+      }
+      mark_non_finite<K>(check, lanes, bad + c);
+    };
+  };
+  if (full > 0) {
+    int64_t c = 0;
+    for (; c + CB <= C; c += CB) channels(std::integral_constant<int64_t, CB>())(c);
+    for (; c < C; ++c) channels(std::integral_constant<int64_t, 1>())(c);
+  }
+  const int64_t rem = n - full;
+  if (rem == 0) return;
+  // About 8 independent sums per block, whatever the remainder's length.
+  switch ((rem + lanes - 1) / lanes) {
+    case 1:
+      return remainder_pass<8, 1, acc_t, Bytes>(out, out_cs, x, x_cs, off, w, cf, taps, C, full, rem, bad);
+    case 2:
+      return remainder_pass<4, 2, acc_t, Bytes>(out, out_cs, x, x_cs, off, w, cf, taps, C, full, rem, bad);
+    case 3:
+      return remainder_pass<CB, 3, acc_t, Bytes>(out, out_cs, x, x_cs, off, w, cf, taps, C, full, rem, bad);
+    default:
+      static_assert(kBlockVecs == 4, "one case per remainder length");
+      return remainder_pass<CB, 4, acc_t, Bytes>(out, out_cs, x, x_cs, off, w, cf, taps, C, full, rem, bad);
+  }
+}
+
+#define DDF_HEAD_LOOPS(ISA, TARGET)                                                                             \
+  template <typename acc_t>                                                                                     \
+  TARGET void forward_head(IsaTag<ISA>, acc_t* out, int64_t out_cs, const acc_t* x, int64_t x_cs,               \
+                           const int64_t* off, const acc_t* const* w, const acc_t* cf, int64_t taps, int64_t C, \
+                           int64_t n, uint8_t* bad) {                                                           \
+    forward_head_body<kHeadChannels<ISA>, acc_t, kIsaBytes<ISA>>(out, out_cs, x, x_cs, off, w, cf, taps, C, n, bad); \
+  }
+DDF_FOR_EACH_ISA(DDF_HEAD_LOOPS)
+#undef DDF_HEAD_LOOPS
+
+}  // namespace cpu
+}  // namespace ddf
