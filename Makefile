@@ -106,7 +106,7 @@ cuda-resources: build
 #               leak checks off: CPython's own allocations are not freed at exit).
 SANITIZE_DIR := build/sanitize
 # Every CPU op test file (CI runs them all: a few minutes).
-SANITIZE_TESTS ?= tests/test_forward.py tests/test_backward.py tests/test_hostile_inputs.py tests/test_bad_inputs.py \
+SANITIZE_TESTS ?= tests/test_forward.py tests/test_head_kernel.py tests/test_backward.py tests/test_hostile_inputs.py tests/test_bad_inputs.py \
 	tests/test_fuzz.py tests/test_channels_vectorized.py
 # Python with the sanitizer runtimes preloaded and the sanitized library in place of ddf_ops/_C.
 SANITIZED_PY := ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \

@@ -1,8 +1,9 @@
 """The CPU kernels vectorized over channels against the reference.
 
 csrc/cpu/ddf_cpu_pixels.h (forward) runs for float32 and float64 when a head has at least 8
-channels, and the input's channels are contiguous (channels_last), or its map is small (at
-most 100 output pixels, NCHW, through a transposed band); csrc/cpu/ddf_cpu_pixels_backward.h
+channels, and the input's channels are contiguous (channels_last), or its map is small (NCHW,
+through a transposed band: at most 100 output pixels, or 16 where the flat kernel would read
+the input in place, "mul" at stride 1 with contiguous rows); csrc/cpu/ddf_cpu_pixels_backward.h
 (backward) when input, grad_output and grad_input have contiguous channels, or on
 channels_last copies of NCHW operands whose map is at most 256 output pixels. The other tests
 use narrower heads, so they never reach them. These cover each path: input read in place or
@@ -22,7 +23,9 @@ from conftest import TOLERANCES, out_size
 
 # (C, G): heads of 8, 19, 24, 10, 37 and 16 channels.
 WIDTHS = [(8, 1), (19, 1), (48, 2), (40, 4), (74, 2), (32, 2)]
-SIZES = [(7, 7), (5, 9), (1, 3), (10, 10)]  # all at most 100 pixels: NCHW takes this kernel too
+# All at most 100 pixels: NCHW takes this kernel too (at stride 2 or 3, with "add", or with
+# rows apart; and at (1, 3) and (4, 4) in every case).
+SIZES = [(7, 7), (5, 9), (1, 3), (4, 4), (10, 10)]
 
 
 def rand(gen, *shape, dtype=torch.float64):

@@ -331,6 +331,15 @@ void forward_head_in_place(const scalar_t* x_ptr, const Strides4& xs, const char
   }
 }
 
+// Whether the forward reads the input in place: the dense layout ("mul", stride 1), float32
+// or float64 (no conversion), contiguous rows. (And an output with contiguous rows, which
+// every output the op allocates for such an input has.)
+template <typename scalar_t>
+bool forward_reads_in_place(Combine m, const Geometry& g, const Strides4& xs) {
+  return m == Combine::Mul && g.stride == 1 && std::is_same_v<scalar_t, typename AccType<scalar_t>::type> &&
+      xs.w == 1 && xs.h == g.W;
+}
+
 template <typename scalar_t, Combine M>
 void forward_kernel(const at::Tensor& input, const at::Tensor& cf, const at::Tensor& sf, at::Tensor& out, const Geometry& g) {
   using acc_t = typename AccType<scalar_t>::type;
@@ -351,10 +360,9 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& cf, const at::Ten
   const int64_t x_plane = lay.dense ? (R + lay.a_max) * L + block + 2 * lay.margin : (R + lay.a_max + 1) * L + block;
   const int64_t x_size = s * s * x_plane;
 
-  // Dense ("mul", stride 1), float32 or float64, contiguous rows: the channels whose reads
-  // stay inside the input's storage run in place, with no copies (forward_head_in_place).
-  const bool in_place = lay.dense && std::is_same_v<scalar_t, acc_t> && xs.w == 1 && xs.h == g.W && os.w == 1 &&
-      os.h == g.Wo;
+  // The channels whose reads stay inside the input's storage run in place, with no copies
+  // (forward_head_in_place).
+  const bool in_place = forward_reads_in_place<scalar_t>(M, g, xs) && lay.dense && os.w == 1 && os.h == g.Wo;
   const char* storage_begin = static_cast<const char*>(input.storage().data());
   const char* storage_end = storage_begin + input.storage().nbytes();
 
@@ -718,7 +726,7 @@ at::Tensor ddf_cpu(
     using scalar_t = decltype(tag);
     constexpr Combine M = decltype(m)::value;
     if constexpr (std::is_same_v<scalar_t, typename AccType<scalar_t>::type>) {  // float32, float64
-      if (use_flat_layout(g) && use_pixel_forward(g, strides_of(input))) {
+      if (use_flat_layout(g) && use_pixel_forward(g, strides_of(input), forward_reads_in_place<scalar_t>(M, g, strides_of(input)))) {
         // Channel-vectorized (ddf_cpu_pixels.h): any layout, read and written in place.
         return pixel_forward<M>(
             input.const_data_ptr<scalar_t>(), strides_of(input), channel_filter.const_data_ptr<scalar_t>(),

@@ -116,9 +116,13 @@ DDF_FOR_EACH_ISA(DDF_PIXEL_LOOPS)
 #undef DDF_PIXEL_LOOPS
 
 // An NCHW input whose maps are at most this many pixels runs here too, through a transposed
-// band (measured faster than the flat kernels at 7 x 7; slower at 14 x 14 on AVX2, where the
-// transpositions cost more than the flat kernels lose).
+// band (measured faster than the flat kernels' copies at 7 x 7; slower at 14 x 14 on AVX2,
+// where the transpositions cost more than the flat kernels lose) ...
 constexpr int64_t kPixelsMaxNchwMap = 100;
+// ... but only up to this many where the flat forward reads the input in place
+// (ddf_cpu_head.h): that was faster from 5 x 5 up, on AVX-512 and AVX2, and level at 4 x 4
+// (B=8, 512 channels, 2 threads).
+constexpr int64_t kPixelsMaxNchwMapFlatInPlace = 16;
 // Output rows of a transposed band, at least (see pixel_forward).
 constexpr int64_t kMinTransposedBandRows = 4;
 // Bytes of a task's transposed input band.
@@ -126,13 +130,14 @@ constexpr int64_t kPixelsMaxBandBytes = 1 << 20;
 
 // Whether the channel-vectorized forward runs for this call (float32 or float64): heads of
 // at least 8 channels (narrower ones would be all remainder), and an input whose channels
-// are contiguous, or a small NCHW map.
-inline bool use_pixel_forward(const Geometry& g, const Strides4& xs) {
+// are contiguous, or a small NCHW map. flat_in_place: whether the flat forward would read
+// this input in place.
+inline bool use_pixel_forward(const Geometry& g, const Strides4& xs, bool flat_in_place) {
   if (g.channels_per_head() < 8) return false;
   if (xs.c == 1) return true;
   const double in_rows = static_cast<double>(g.k - 1) * g.dilation + g.stride + 1;  // one output row's input
-  return static_cast<double>(g.Ho) * g.Wo <= kPixelsMaxNchwMap &&
-      in_rows * g.W * g.channels_per_head() * 8 <= kPixelsMaxBandBytes;
+  const int64_t max_map = flat_in_place ? kPixelsMaxNchwMapFlatInPlace : kPixelsMaxNchwMap;
+  return static_cast<double>(g.Ho) * g.Wo <= max_map && in_rows * g.W * g.channels_per_head() * 8 <= kPixelsMaxBandBytes;
 }
 
 // The run of output columns x0 <= x < x1 (x1 is returned) whose column taps inside the image
