@@ -291,16 +291,15 @@ template <typename acc_t, typename scalar_t, typename Copies>
 void forward_head_in_place(const scalar_t* x_ptr, const Strides4& xs, const char* storage_begin, const char* storage_end,
                            scalar_t* out_ptr, const Strides4& os, const acc_t* const* w, const scalar_t* cf_ptr,
                            const Strides4& cs, const Geometry& g, int64_t b, int64_t c_begin, int64_t c_end, int64_t y0,
-                           int64_t ny, std::vector<acc_t>& cf, std::vector<uint8_t>& bad, const Operands<scalar_t>& ops,
-                           Copies&& copies) {
+                           int64_t ny, std::vector<acc_t>& cf, std::vector<int64_t>& x_off, std::vector<uint8_t>& bad,
+                           const Operands<scalar_t>& ops, Copies&& copies) {
   static_assert(std::is_same_v<scalar_t, acc_t>, "read in place");
-  const int64_t kk = g.taps(), d = g.dilation, pad = g.pad(), W = g.W, n = ny * W;
-  int64_t off[64];
-  std::vector<int64_t> off_big;
-  int64_t* offp = off;
-  if (kk > 64) off_big.resize(kk), offp = off_big.data();  // large kernels: on the heap
+  constexpr int64_t K = kHeadMaxChannels;
+  const int64_t kk = g.taps(), d = g.dilation, pad = g.pad(), W = g.W, n = ny * W, C = c_end - c_begin;
+  x_off.resize(kk * K);
   for (int64_t i = 0, tap = 0; i < g.k; ++i)
-    for (int64_t j = 0; j < g.k; ++j, ++tap) offp[tap] = (i * d - pad) * W + j * d - pad;
+    for (int64_t j = 0; j < g.k; ++j, ++tap)
+      for (int64_t k = 0; k < K; ++k) x_off[tap * K + k] = k * xs.c + (i * d - pad) * W + j * d - pad;
   const int64_t reach = pad * W + pad, n_read = round_up(n, kBlock<acc_t>);
   auto plane = [&](int64_t c) { return x_ptr + b * xs.n + c * xs.c + y0 * W; };
   auto inside = [&](int64_t c) {
@@ -308,8 +307,12 @@ void forward_head_in_place(const scalar_t* x_ptr, const Strides4& xs, const char
     const char* hi = reinterpret_cast<const char*>(plane(c) + reach + n_read);
     return lo >= storage_begin && hi <= storage_end;
   };
-  cf.resize((c_end - c_begin) * kk);
-  bad.resize(c_end - c_begin);
+  // The head's channel filters, [tap][channel].
+  cf.resize(kk * C);
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t i = 0, tap = 0; i < g.k; ++i)
+      for (int64_t j = 0; j < g.k; ++j, ++tap) cf[tap * C + c] = cf_ptr[cs.offset(b, c_begin + c, i, j)];
+  bad.resize(C);
   for (int64_t c = c_begin; c < c_end;) {
     if (!inside(c)) {
       copies(c, int64_t(1));
@@ -318,12 +321,12 @@ void forward_head_in_place(const scalar_t* x_ptr, const Strides4& xs, const char
     }
     int64_t e = c + 1;
     while (e < c_end && inside(e)) ++e;
-    for (int64_t k = c; k < e; ++k) load_channel_filter(cf_ptr, cs, g, b, k, cf.data() + (k - c) * kk);
     std::fill(bad.begin(), bad.end(), uint8_t(0));
-    with_isa([&](auto isa) {
-      forward_head(isa, out_ptr + os.offset(b, c, y0, 0), os.c, plane(c), xs.c, offp, w, cf.data(), kk, e - c, n,
-                   bad.data());
-    });
+    HeadOperands<acc_t> o;
+    o.out = out_ptr + os.offset(b, c, y0, 0), o.out_cs = os.c;
+    o.x = plane(c), o.x_cs = xs.c, o.x_off = x_off.data();
+    o.w = w, o.cf = cf.data() + (c - c_begin), o.cf_ts = C, o.taps = kk;
+    with_isa([&](auto isa) { forward_head(isa, o, e - c, n, bad.data()); });
     for (int64_t k = c; k < e; ++k) {
       if (bad[k - c]) direct_forward<Combine::Mul>(ops, out_ptr, os, g, b, k, k + 1, y0, y0 + ny);  // see ddf_cpu_direct.h
     }
@@ -371,7 +374,8 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& cf, const at::Ten
     std::vector<acc_t> x_buf(CB * x_size), w_buf(kk * w_size), acc(CB * w_size), cfv(CB * kk);
     std::vector<const acc_t*> a(CB * kk), w(kk);
     std::vector<acc_t*> outs(CB);
-    std::vector<acc_t> cf_head;  // the in-place path's channel filters, [c][tap]
+    std::vector<acc_t> cf_head;  // the in-place path's channel filters, [tap][c]
+    std::vector<int64_t> x_off;  // its input offsets, [tap][channel of a block]
     std::vector<uint8_t> bad;    // and its non-finite channels
     for (int64_t k = 0; k < CB; ++k) {
       outs[k] = acc.data() + k * w_size;
@@ -416,7 +420,7 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& cf, const at::Ten
       if constexpr (M == Combine::Mul && std::is_same_v<scalar_t, acc_t>) {
         if (in_place) {
           forward_head_in_place<acc_t>(x_ptr, xs, storage_begin, storage_end, out_ptr, os, w.data(), cf_ptr, cs, g,
-                                       task.b, task.h * cph, (task.h + 1) * cph, y0, ny, cf_head, bad, ops, copies);
+                                       task.b, task.h * cph, (task.h + 1) * cph, y0, ny, cf_head, x_off, bad, ops, copies);
           continue;
         }
       }
