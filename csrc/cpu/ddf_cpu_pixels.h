@@ -1,10 +1,10 @@
 // The forward vectorized over channels ("pixel-major"), for float32 and float64.
 //
-// The flat band kernels of ddf_cpu.cpp vectorize along image rows: they are fast on large
-// maps of NCHW tensors, but on small maps (14 x 14, 7 x 7) most of their time goes to
-// per-channel work (band copies, padding, the tail block), and on channels_last tensors
-// every row is strided. Here the vector runs along the channels of a head instead, which
-// share the spatial-filter value of every tap of a pixel:
+// The flat band kernels of ddf_cpu.cpp vectorize along image rows: they are fast on NCHW
+// tensors they can read in place (ddf_cpu_head.h), but where they copy bands, small maps
+// (7 x 7) spend most of their time on per-channel work (band copies, padding), and on
+// channels_last tensors every row is strided. Here the vector runs along the channels of a
+// head instead, which share the spatial-filter value of every tap of a pixel:
 //   out[b, c, y, x] = sum over the taps (i, j) inside the image of
 //                     X[b, c, iy, ix] * F(cf[b, c, i, j], sf[b, h*k*k + i*k + j, y, x])
 // with the input pixel's channels contiguous (channels_last, read in place; or an NCHW band
