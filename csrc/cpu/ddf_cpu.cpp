@@ -286,20 +286,16 @@ void tap_grads_block(int64_t cb, Args... args) {
 // The forward of the channels [c_begin, c_end) of task's head, band y0 .. y0 + ny, in place
 // (see ddf_cpu_head.h): the channels whose reads stay inside the input's storage run there
 // in one call per run of them, the others through `copies(c, 1)`. w: the band's
-// spatial-filter rows, zeroed outside the image (zero_outside_taps).
+// spatial-filter rows, zeroed outside the image (zero_outside_taps); x_off: the call's
+// input offsets (head_input_offsets).
 template <typename acc_t, typename scalar_t, typename Copies>
 void forward_head_in_place(const scalar_t* x_ptr, const Strides4& xs, const char* storage_begin, const char* storage_end,
                            scalar_t* out_ptr, const Strides4& os, const acc_t* const* w, const scalar_t* cf_ptr,
                            const Strides4& cs, const Geometry& g, int64_t b, int64_t c_begin, int64_t c_end, int64_t y0,
-                           int64_t ny, std::vector<acc_t>& cf, std::vector<int64_t>& x_off, std::vector<uint8_t>& bad,
+                           int64_t ny, const int64_t* x_off, std::vector<acc_t>& cf, std::vector<uint8_t>& bad,
                            const Operands<scalar_t>& ops, Copies&& copies) {
   static_assert(std::is_same_v<scalar_t, acc_t>, "read in place");
-  constexpr int64_t K = kHeadMaxChannels;
-  const int64_t kk = g.taps(), d = g.dilation, pad = g.pad(), W = g.W, n = ny * W, C = c_end - c_begin;
-  x_off.resize(kk * K);
-  for (int64_t i = 0, tap = 0; i < g.k; ++i)
-    for (int64_t j = 0; j < g.k; ++j, ++tap)
-      for (int64_t k = 0; k < K; ++k) x_off[tap * K + k] = k * xs.c + (i * d - pad) * W + j * d - pad;
+  const int64_t kk = g.taps(), pad = g.pad(), W = g.W, n = ny * W, C = c_end - c_begin;
   const int64_t reach = pad * W + pad, n_read = round_up(n, kBlock<acc_t>);
   auto plane = [&](int64_t c) { return x_ptr + b * xs.n + c * xs.c + y0 * W; };
   auto inside = [&](int64_t c) {
@@ -324,7 +320,7 @@ void forward_head_in_place(const scalar_t* x_ptr, const Strides4& xs, const char
     std::fill(bad.begin(), bad.end(), uint8_t(0));
     HeadOperands<acc_t> o;
     o.out = out_ptr + os.offset(b, c, y0, 0), o.out_cs = os.c;
-    o.x = plane(c), o.x_cs = xs.c, o.x_off = x_off.data();
+    o.x = plane(c), o.x_cs = xs.c, o.x_off = x_off;
     o.w = w, o.cf = cf.data() + (c - c_begin), o.cf_ts = C, o.taps = kk;
     with_isa([&](auto isa) { forward_head(isa, o, e - c, n, bad.data()); });
     for (int64_t k = c; k < e; ++k) {
@@ -332,6 +328,18 @@ void forward_head_in_place(const scalar_t* x_ptr, const Strides4& xs, const char
     }
     c = e;
   }
+}
+
+// The in-place forward's input offsets, [tap][k < kHeadMaxChannels]: k input channels and
+// tap t's shift from an output pixel (see HeadOperands in ddf_cpu_head.h).
+std::vector<int64_t> head_input_offsets(const Geometry& g, const Strides4& xs) {
+  constexpr int64_t K = kHeadMaxChannels;
+  const int64_t d = g.dilation, pad = g.pad(), W = g.W;
+  std::vector<int64_t> x_off(g.taps() * K);
+  for (int64_t i = 0, tap = 0; i < g.k; ++i)
+    for (int64_t j = 0; j < g.k; ++j, ++tap)
+      for (int64_t k = 0; k < K; ++k) x_off[tap * K + k] = k * xs.c + (i * d - pad) * W + j * d - pad;
+  return x_off;
 }
 
 // Whether the forward reads the input in place: the dense layout ("mul", stride 1), float32
@@ -365,7 +373,8 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& cf, const at::Ten
 
   // The channels whose reads stay inside the input's storage run in place, with no copies
   // (forward_head_in_place).
-  const bool in_place = forward_reads_in_place<scalar_t>(M, g, xs) && lay.dense && os.w == 1 && os.h == g.Wo;
+  const bool in_place = forward_reads_in_place<scalar_t>(M, g, xs) && os.w == 1 && os.h == g.Wo;
+  const std::vector<int64_t> x_off = in_place ? head_input_offsets(g, xs) : std::vector<int64_t>();
   const char* storage_begin = static_cast<const char*>(input.storage().data());
   const char* storage_end = storage_begin + input.storage().nbytes();
 
@@ -375,7 +384,6 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& cf, const at::Ten
     std::vector<const acc_t*> a(CB * kk), w(kk);
     std::vector<acc_t*> outs(CB);
     std::vector<acc_t> cf_head;  // the in-place path's channel filters, [tap][c]
-    std::vector<int64_t> x_off;  // its input offsets, [tap][channel of a block]
     std::vector<uint8_t> bad;    // and its non-finite channels
     for (int64_t k = 0; k < CB; ++k) {
       outs[k] = acc.data() + k * w_size;
@@ -420,7 +428,7 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& cf, const at::Ten
       if constexpr (M == Combine::Mul && std::is_same_v<scalar_t, acc_t>) {
         if (in_place) {
           forward_head_in_place<acc_t>(x_ptr, xs, storage_begin, storage_end, out_ptr, os, w.data(), cf_ptr, cs, g,
-                                       task.b, task.h * cph, (task.h + 1) * cph, y0, ny, cf_head, x_off, bad, ops, copies);
+                                       task.b, task.h * cph, (task.h + 1) * cph, y0, ny, x_off.data(), cf_head, bad, ops, copies);
           continue;
         }
       }
