@@ -135,7 +135,7 @@ cross-aarch64: $(VENV)/.installed
 	@command -v $(CROSS_CXX) >/dev/null || { echo "cross-aarch64: $(CROSS_CXX) not found (apt-get install g++-aarch64-linux-gnu)"; exit 1; }
 	mkdir -p $(CROSS_DIR)
 	inc="$$($(PY) -c 'import torch.utils.cpp_extension as c; print(" ".join("-I" + p for p in c.include_paths()))')"; \
-	for f in csrc/*.cpp csrc/cpu/*.cpp csrc/autograd/*.cpp csrc/autocast/*.cpp meta/*.cpp; do \
+	for f in csrc/*.cpp csrc/cpu/*.cpp csrc/cpu/*/*.cpp csrc/autograd/*.cpp csrc/autocast/*.cpp meta/*.cpp; do \
 	  echo "  $(CROSS_CXX) $$f"; \
 	  $(CROSS_CXX) -std=c++20 -O2 -fPIC -fopenmp -Wall $$inc -c $$f -o $(CROSS_DIR)/$$(basename $$f).o || exit 1; \
 	done

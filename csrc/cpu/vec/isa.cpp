@@ -1,4 +1,4 @@
-#include "ddf_cpu_isa.h"
+#include "isa.h"
 
 #include <ATen/Version.h>
 #include <torch/library.h>

@@ -1,72 +1,24 @@
-// The innermost loops of the CPU kernels.
+// The innermost loops of the row kernels (forward.h, backward.h).
 //
-// The driver (ddf_cpu.cpp) lays a band of rows out flat, rows of a fixed length L, so that
+// The row kernels lay a band of rows out flat, rows of a fixed length L (bands.h), so that
 // every tap t of every output pixel in the band reads its operands at one constant shift:
 // a loop over a flat index p runs all pixels of the band at once, whatever the image
-// width (no short rows, no edge cases). The driver pads every buffer with kBlock zeros at
-// the end and rounds n up to a multiple of kBlock, so these loops only ever see full
-// blocks: the block's accumulators live in registers across all taps.
+// width (no short rows, no edge cases). The bands are padded with kBlock zeros at the end
+// and n is rounded up to a multiple of kBlock, so these loops only ever see full blocks:
+// the block's accumulators live in registers across all taps.
 //
 // Each loop is written once (the *_body templates, always inlined) and instantiated per
-// instruction set by the overloads at the bottom, which carry a `target` attribute
-// (ddf_cpu_isa.h): callers pick one with with_isa().
+// instruction set by the overloads at the bottom (../vec/isa.h): callers pick one with
+// with_isa().
 #pragma once
 
 #include <cstdint>
 
-#include "../ddf_geometry.h"
-#include "ddf_cpu_isa.h"
-
-#define DDF_INLINE inline __attribute__((always_inline))
-
-// Unrolls a loop over register-held accumulators. Without it GCC kept some arrays of
-// accumulators on the stack on AVX2 (zeroed with rep stos, stored through 16-byte copies):
-// 1.5x slower.
-#if defined(__GNUC__) && !defined(__clang__)
-#define DDF_UNROLL _Pragma("GCC unroll 16")
-#else
-#define DDF_UNROLL
-#endif
+#include "../../ddf_geometry.h"
+#include "../vec/vector.h"
 
 namespace ddf {
 namespace cpu {
-
-// A 64-byte vector of acc_t (GCC/Clang vector extension): each target clone lowers its
-// arithmetic to that clone's instructions (one AVX-512 register, two AVX2, four SSE).
-// The helpers below are inlined into each clone, so the note GCC gives about the ABI of
-// passing such vectors between functions of different ISAs does not apply.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
-// A vector of Bytes bytes of acc_t (GCC/Clang vector extension), at the ISA's native width:
-// 64 bytes on AVX-512, 32 on AVX2, 16 on SSE2 and NEON. (A vector wider than the ISA's
-// registers is lowered through the stack: 64-byte vectors made AVX2 5x slower than SSE2.)
-template <typename acc_t, int64_t Bytes>
-struct Simd {
-  typedef acc_t type __attribute__((vector_size(Bytes)));
-};
-template <typename acc_t, int64_t Bytes>
-using VecN = typename Simd<acc_t, Bytes>::type;
-
-template <Isa I>
-constexpr int64_t kIsaBytes =
-#if defined(__aarch64__)
-    16;
-#else
-    I == Isa::Avx512 ? 64 : I == Isa::Avx2 ? 32 : 16;
-#endif
-
-template <typename V, typename acc_t>
-DDF_INLINE V load(const acc_t* p) {
-  V v;
-  __builtin_memcpy(&v, p, sizeof(v));
-  return v;
-}
-
-template <typename V, typename acc_t>
-DDF_INLINE void store(acc_t* p, const V& v) {
-  __builtin_memcpy(p, &v, sizeof(v));
-}
 
 // Vectors accumulated together in registers by apply_taps, per channel: with kChannelBlock
 // channels, 8 accumulators and 4 filter vectors, 12 of the 16 (SSE2, AVX2) or 32 (AVX-512,
@@ -79,12 +31,6 @@ constexpr int64_t kBlock = kBlockVecs * 64 / int64_t(sizeof(acc_t));
 // Channels processed together: they share each load of the spatial filter, which the
 // loops are otherwise bound by (measured 1.8x faster than one channel at a time).
 constexpr int64_t kChannelBlock = 2;
-
-// Independent partial sums of a channel-filter gradient (64 bytes). A fixed count, not the
-// machine's vector width, keeps the summation order, and so the result, the same on every
-// run and every ISA.
-template <typename acc_t>
-constexpr int64_t kLanes = 64 / int64_t(sizeof(acc_t));
 
 // For CB channels k at once, over p < n (n a multiple of 64 bytes; blocks of kBlockVecs
 // vectors, then single vectors):
@@ -183,7 +129,7 @@ DDF_INLINE void tap_grads_body(
   }
 }
 
-// The per-ISA instances. The first argument picks one (see with_isa in ddf_cpu_isa.h).
+// The per-ISA instances. The first argument picks one (see with_isa in ../vec/isa.h).
 #define DDF_TAP_LOOPS(ISA, TARGET)                                                                          \
   template <Combine M, int64_t CB, typename acc_t>                                                          \
   TARGET void apply_taps(IsaTag<ISA>, acc_t* const* out, int64_t n, const acc_t* const* a,                  \

@@ -7,7 +7,7 @@
 // each ISA's translation unit compiled with its own -m flags, which torch's BuildExtension
 // (setup.py) cannot express for one extension; and an inline function compiled with AVX-512
 // in one TU can be merged by the linker into callers of the baseline build. Instead the
-// innermost loops (ddf_cpu_taps.h) are written once with GCC/Clang vector extensions and
+// innermost loops (vector.h) are written once with GCC/Clang vector extensions and
 // instantiated per ISA with a `target` attribute, so only those functions carry wide
 // instructions, and the register blocking is chosen per ISA (16 ymm registers on AVX2
 // hold half the accumulators that 32 zmm registers hold on AVX-512). On aarch64 the same

@@ -6,8 +6,8 @@
 #include <type_traits>
 #include <utility>
 
-#include "ddf_cpu_isa.h"
-#include "ddf_cpu_taps.h"
+#include "isa.h"
+#include "vector.h"
 
 namespace ddf {
 namespace cpu {
@@ -64,7 +64,7 @@ void copy_block(const S* src, int64_t src_rs, int64_t src_cs, D* dst, int64_t ds
 
 // A transposition of a rows x cols block, rows contiguous on both sides:
 //   dst[c*dst_rs + r] = src[r*src_rs + c]   for r < rows, c < cols.
-// It moves NCHW bands in and out of the channel-vectorized forward (ddf_cpu_pixels.h).
+// It moves NCHW bands in and out of the channel-vectorized kernels (../channels/).
 // Tiles of N x N elements (N = one 32-byte vector, or 16 bytes on the baseline ISA) are
 // transposed in registers with log2(N) rounds of interleaves (the perfect shuffle: round
 // after round, row 2i and 2i+1 become the low and high interleave of rows i and i + N/2);

@@ -1,5 +1,5 @@
-// The backward vectorized over channels, for channels_last input and grad_output (float32,
-// float64): the counterpart of ddf_cpu_pixels.h. Without it, channels_last training
+// The backward of the channel kernels (BackwardPath::ChannelsInPlace, ChannelsCopied), for
+// float32 and float64: the counterpart of forward.h. Without it, channels_last training
 // transposed four tensors to NCHW and two back, at every call.
 //
 // - grad_input is a transposed DDF: input pixel (iy, ix) gathers grad_output at the output
@@ -17,136 +17,22 @@
 // Only taps inside the image are visited, as in the forward (no 0 * inf).
 #pragma once
 
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <vector>
 
-#include "ddf_cpu_pixels.h"
+#include "../../ddf_checks.h"
+#include "../plan.h"
+#include "layout.h"
+#include "pixel_loops.h"
 
 namespace ddf {
 namespace cpu {
-
-// Taps handled together by pixel_filter_grads: their spatial-filter gradient sums stay in
-// registers while the loop runs over the channels.
-constexpr int64_t kTapChunk = 9;
-
-// The sum of a vector's lanes, as a tree of halves (a fixed order on each ISA): a chain of
-// one add per lane cost as much as the channel loop at 64 channels.
-template <typename acc_t, int64_t Bytes>
-DDF_INLINE acc_t horizontal_sum(const VecN<acc_t, Bytes>& v) {
-  if constexpr (Bytes == 2 * int64_t(sizeof(acc_t))) {
-    return v[0] + v[1];
-  } else {
-    using Half = VecN<acc_t, Bytes / 2>;
-    Half lo, hi;
-    __builtin_memcpy(&lo, &v, Bytes / 2);
-    __builtin_memcpy(&hi, reinterpret_cast<const char*>(&v) + Bytes / 2, Bytes / 2);
-    return horizontal_sum<acc_t, Bytes / 2>(lo + hi);
-  }
-}
-
-// Taps m0 .. m0 + MT (MT <= kTapChunk; a compile-time count keeps the sums in registers,
-// 0 for a run-time count mt) of one pixel: see pixel_filter_grads_body.
-template <Combine M, int64_t MT, typename acc_t, int64_t Bytes>
-DDF_INLINE void tap_chunk_grads(
-    const acc_t* go,
-    const acc_t* in,
-    const int64_t* off,
-    const acc_t* const* cf,
-    const acc_t* sfv,
-    int64_t m0,
-    int64_t mt,
-    int64_t C,
-    acc_t* const* gcf,
-    acc_t* sums) {
-  using V = VecN<acc_t, Bytes>;
-  constexpr int64_t lanes = Bytes / int64_t(sizeof(acc_t));
-  const int64_t n = MT > 0 ? MT : mt, full = C / lanes * lanes;
-  V part[kTapChunk];
-  DDF_UNROLL for (int64_t m = 0; m < (MT > 0 ? MT : n); ++m) part[m] = V{};
-  for (int64_t c = 0; c < full; c += lanes) {
-    const V gv = load<V>(go + c);
-    DDF_UNROLL for (int64_t m = 0; m < (MT > 0 ? MT : n); ++m) {
-      const V p = gv * load<V>(in + off[m0 + m] + c);
-      part[m] += M == Combine::Mul ? p * load<V>(cf[m0 + m] + c) : p;
-      acc_t* row = gcf[m0 + m] + c;
-      store(row, load<V>(row) + (M == Combine::Mul ? p * sfv[m] : p));
-    }
-  }
-  for (int64_t m = 0; m < n; ++m) {
-    acc_t sum = horizontal_sum<acc_t, Bytes>(part[m]);
-    for (int64_t c = full; c < C; ++c) {  // the channels past the last full vector
-      const acc_t p = go[c] * in[off[m0 + m] + c];
-      sum += p * dcombine_db<M>(cf[m0 + m][c]);
-      gcf[m0 + m][c] += p * dcombine_da<M>(sfv[m]);
-    }
-    sums[m] = sum;
-  }
-}
-
-// The filter gradients of a run of nx output pixels of a row with the same taps inside the
-// image (m < taps), for the channels c < C of a head, with p = go[x][c] * in[x][off[m] + c]:
-//   gsf[m][x*gsf_step]  = sum_c p * dF/db(cf[m][c])    (if gsf is not null)
-//   gcf[m][c]          += p * dF/da(sf[m][x*sf_step])
-// (go[x] = go + x*go_step, in[x] = in + x*in_step).
-template <Combine M, typename acc_t, int64_t Bytes>
-DDF_INLINE void pixel_filter_grads_body(
-    const acc_t* go,
-    int64_t go_step,
-    int64_t nx,
-    const acc_t* in,
-    int64_t in_step,
-    const int64_t* off,
-    const acc_t* const* cf,
-    const acc_t* const* sf,
-    int64_t sf_step,
-    int64_t taps,
-    int64_t C,
-    acc_t* const* gcf,
-    acc_t* const* gsf,
-    int64_t gsf_step) {
-  constexpr int64_t TC = kTapChunk;
-  acc_t sfv[TC], sums[TC];
-  for (int64_t x = 0; x < nx; ++x) {
-    for (int64_t m0 = 0; m0 < taps; m0 += TC) {
-      const int64_t mt = std::min(TC, taps - m0);
-      for (int64_t m = 0; m < mt; ++m) sfv[m] = sf[m0 + m][x * sf_step];
-      if (mt == TC) {
-        tap_chunk_grads<M, TC, acc_t, Bytes>(go + x * go_step, in + x * in_step, off, cf, sfv, m0, mt, C, gcf, sums);
-      } else {
-        tap_chunk_grads<M, 0, acc_t, Bytes>(go + x * go_step, in + x * in_step, off, cf, sfv, m0, mt, C, gcf, sums);
-      }
-      if (gsf != nullptr) {
-        for (int64_t m = 0; m < mt; ++m) gsf[m0 + m][x * gsf_step] = sums[m];
-      }
-    }
-  }
-}
-
-#define DDF_PIXEL_GRAD_LOOPS(ISA, TARGET)                                                                    \
-  template <Combine M, typename acc_t>                                                                       \
-  TARGET void pixel_filter_grads(IsaTag<ISA>, const acc_t* go, int64_t go_step, int64_t nx, const acc_t* in, \
-                                 int64_t in_step, const int64_t* off, const acc_t* const* cf,                \
-                                 const acc_t* const* sf, int64_t sf_step, int64_t taps, int64_t C,           \
-                                 acc_t* const* gcf, acc_t* const* gsf, int64_t gsf_step) {                   \
-    pixel_filter_grads_body<M, acc_t, kIsaBytes<ISA>>(                                                       \
-        go, go_step, nx, in, in_step, off, cf, sf, sf_step, taps, C, gcf, gsf, gsf_step);                    \
-  }
-DDF_FOR_EACH_ISA(DDF_PIXEL_GRAD_LOOPS)
-#undef DDF_PIXEL_GRAD_LOOPS
-
-// NCHW operands whose maps are at most this many output pixels run here too, on channels_last
-// copies (measured faster than the flat kernels, copies included, up to 14 x 14).
-constexpr int64_t kPixelsMaxNchwBackwardMap = 256;
-
-// Whether the channel-vectorized backward runs (float32 or float64): heads of at least 8
-// channels, and input, grad_output and grad_input with contiguous channels (in_place), or
-// a small map.
-inline bool use_pixel_backward(const Geometry& g, bool in_place) {
-  return g.channels_per_head() >= 8 && (in_place || static_cast<double>(g.Ho) * g.Wo <= kPixelsMaxNchwBackwardMap);
-}
+namespace channels {
 
 // grad_input (gi, channels contiguous) of the whole call.
 template <Combine M, typename scalar_t>
@@ -159,9 +45,9 @@ void pixel_input_grad(
     scalar_t* gi_ptr,
     const Strides4& gis,
     const Geometry& g,
-    int64_t tasks_wanted) {
+    const Bands& input_bands) {
   const int64_t kk = g.taps(), cph = g.channels_per_head(), s = g.stride;
-  const int64_t R = std::max<int64_t>(1, ceil_div(g.H, ceil_div(tasks_wanted, g.B * g.G))), bands = ceil_div(g.H, R);
+  const int64_t R = input_bands.rows, bands = input_bands.count;
   at::parallel_for(0, g.B * g.G * bands, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> rows_i, rows_y, off(kk);
     std::vector<const scalar_t*> cfp(kk), sfp(kk);
@@ -234,10 +120,11 @@ void pixel_filter_grads(
     scalar_t* gs_ptr,
     const Strides4& gss,
     const Geometry& g,
-    int64_t tasks_fixed) {
+    const Bands& output_bands) {
   const int64_t kk = g.taps(), cph = g.channels_per_head(), s = g.stride;
-  // Bands fixed by the shape (not the threads): grad_channel_filter sums them in order.
-  const int64_t R = std::max<int64_t>(1, ceil_div(g.Ho, ceil_div(tasks_fixed, g.B * g.G))), bands = ceil_div(g.Ho, R);
+  // Bands fixed by the shape (not the threads; see kFilterGradTasks): grad_channel_filter
+  // sums them in order.
+  const int64_t R = output_bands.rows, bands = output_bands.count;
   // Per-band sums of grad_channel_filter: [b][band][tap][c].
   std::vector<scalar_t> partial(gc_ptr != nullptr ? static_cast<size_t>(g.B * bands * kk * g.C) : 0);
   at::parallel_for(0, g.B * g.G * bands, 1, [&](int64_t begin, int64_t end) {
@@ -275,7 +162,7 @@ void pixel_filter_grads(
           }
           if (taps > 0) {
             with_isa([&](auto isa) {
-              pixel_filter_grads<M, scalar_t>(
+              ddf::cpu::pixel_filter_grads<M, scalar_t>(
                   isa, go_ptr + b * gos.n + c0 + y * gos.h + x0 * gos.w, gos.w, x1 - x0, x_ptr + b * xs.n + c0, s * xs.w,
                   off.data(), cfp.data(), sfp.data(), ss.w, taps, cph, gcf.data(), gs_ptr != nullptr ? gsf.data() : nullptr,
                   gss.w);
@@ -305,5 +192,39 @@ void pixel_filter_grads(
   });
 }
 
+// The family's face. ChannelsCopied: the operands the plan names get channels_last copies
+// (small NCHW maps only, see kChannelsMaxNchwBackwardMap). An undefined gradient is not
+// wanted.
+template <Combine M, typename scalar_t>
+void backward(const BackwardPlan& plan, const at::Tensor& grad_output, const at::Tensor& input,
+              const at::Tensor& channel_filter, const at::Tensor& spatial_filter, at::Tensor& grad_input,
+              at::Tensor& grad_channel_filter, at::Tensor& grad_spatial_filter, const Geometry& g) {
+  const at::Tensor x = plan.input_to_channels_last ? channels_contiguous<scalar_t>(input) : input;
+  const at::Tensor go = plan.grad_output_to_channels_last ? channels_contiguous<scalar_t>(grad_output) : grad_output;
+  at::Tensor gi = plan.grad_input_via_channels_last
+      ? at::empty(grad_input.sizes(), grad_input.options().memory_format(at::MemoryFormat::ChannelsLast))
+      : grad_input;
+  const std::vector<scalar_t> cfT = transposed_channel_filter(channel_filter.const_data_ptr<scalar_t>(),
+                                                              strides_of(channel_filter), g);
+  const scalar_t* sf_ptr = spatial_filter.const_data_ptr<scalar_t>();
+  at::Tensor& grad_cf = grad_channel_filter;
+  at::Tensor& grad_sf = grad_spatial_filter;
+  if (grad_cf.defined() || grad_sf.defined()) {
+    pixel_filter_grads<M>(
+        go.const_data_ptr<scalar_t>(), strides_of(go), x.const_data_ptr<scalar_t>(), strides_of(x), cfT, sf_ptr,
+        strides_of(spatial_filter), grad_cf.defined() ? grad_cf.mutable_data_ptr<scalar_t>() : nullptr,
+        grad_cf.defined() ? strides_of(grad_cf) : Strides4{},
+        grad_sf.defined() ? grad_sf.mutable_data_ptr<scalar_t>() : nullptr,
+        grad_sf.defined() ? strides_of(grad_sf) : Strides4{}, g, plan.filter_grad_bands);
+  }
+  if (grad_input.defined()) {
+    pixel_input_grad<M>(
+        go.const_data_ptr<scalar_t>(), strides_of(go), cfT, sf_ptr, strides_of(spatial_filter),
+        gi.mutable_data_ptr<scalar_t>(), strides_of(gi), g, plan.input_grad_bands);
+    if (plan.grad_input_via_channels_last) copy_from_channels_contiguous<scalar_t>(grad_input, gi);
+  }
+}
+
+}  // namespace channels
 }  // namespace cpu
 }  // namespace ddf

@@ -1,6 +1,6 @@
 // The NCHW forward of a run of channels of one head, in place ("mul", stride 1, dense rows).
 //
-// forward_kernel (ddf_cpu.cpp) sends a task's channels here when their planes can be read
+// forward_bands (forward.h) sends a task's channels here when their planes can be read
 // where they lie: every tap t reads the input at one flat shift off[t] from the output
 // pixel, across row ends (the spatial-filter rows w[t], shared by the head's channels, are
 // zero wherever the tap falls outside the image, which "mul" turns into a zero term):
@@ -22,7 +22,7 @@
 #include <cstring>
 #include <type_traits>
 
-#include "ddf_cpu_taps.h"
+#include "tap_loops.h"
 
 namespace ddf {
 namespace cpu {
@@ -156,7 +156,7 @@ DDF_INLINE void remainder_pass(const HeadOperands<acc_t>& o, int64_t C, int64_t 
 
 // See the top of this file: channels [0, C), outputs [0, n). bad[c] is set to 1 for each
 // channel with a non-finite output (bad[] must come in zeroed): the caller recomputes those
-// (see ddf_cpu_direct.h).
+// (see ../elementwise/).
 template <int64_t CB, typename acc_t, int64_t Bytes>
 DDF_INLINE void forward_head_body(const HeadOperands<acc_t>& o, int64_t C, int64_t n, uint8_t* bad) {
   using V = VecN<acc_t, Bytes>;
