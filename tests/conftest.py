@@ -155,6 +155,12 @@ def make_inputs(
     return x, cf, sf
 
 
+def cpu_path(x, cf, sf, stride=1, dilation=1, combine="mul", go=None, mask=(True, True, True)):
+    """The path the CPU planner picks for this call (csrc/cpu/plan.h): the forward's, or the
+    backward's when grad_output `go` is given. Tests assert it instead of restating thresholds."""
+    return torch.ops.ddf._cpu_plan(x, cf, sf, stride, dilation, combine, go, list(mask)).split()[0]
+
+
 def reference_grads(x, cf, sf, go, stride, dilation, combine):
     """Gradients of <reference(x, cf, sf), go> computed in float64."""
     leaves = [t.detach().double().requires_grad_() for t in (x, cf, sf)]

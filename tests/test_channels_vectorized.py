@@ -1,16 +1,14 @@
-"""The CPU kernels vectorized over channels against the reference.
+"""The CPU kernels vectorized over channels (csrc/cpu/channels/) against the reference.
 
-csrc/cpu/ddf_cpu_pixels.h (forward) runs for float32 and float64 when a head has at least 8
-channels, and the input's channels are contiguous (channels_last), or its map is small (NCHW,
-through a transposed band: at most 100 output pixels, or 16 where the flat kernel would read
-the input in place, "mul" at stride 1 with contiguous rows); csrc/cpu/ddf_cpu_pixels_backward.h
-(backward) when input, grad_output and grad_input have contiguous channels, or on
-channels_last copies of NCHW operands whose map is at most 256 output pixels. The other tests
-use narrower heads, so they never reach them. These cover each path: input read in place or
-transposed (whole band, row by row, strided columns), output written in place or transposed,
-full vectors of channels and the channels left over (widths that are not a multiple of any
-vector), border and interior pixel runs, stride phases of the input gradient, every
-k/stride/dilation, both combines, heads, output masks, and planted NaN/Inf.
+The CPU plan (csrc/cpu/plan.h) sends float32/float64 calls here when a head has at least 8
+channels and the operands' channels are contiguous (channels_last), or the NCHW map is small
+(the forward through transposed bands, the backward on channels_last copies). The other
+tests mostly use narrower heads, so they rarely reach them. Each test below asserts, through
+cpu_path, that the channel paths it is about were taken. These cover each path: input read in
+place or transposed (whole band, row by row, strided columns), output written in place or
+transposed, full vectors of channels and the channels left over (widths that are not a
+multiple of any vector), border and interior pixel runs, stride phases of the input gradient,
+every k/stride/dilation, both combines, heads, output masks, and planted NaN/Inf.
 """
 
 import itertools
@@ -19,12 +17,12 @@ import pytest
 import torch
 
 import ddf_ops
-from conftest import TOLERANCES, out_size
+from conftest import TOLERANCES, cpu_path, out_size
 
 # (C, G): heads of 8, 19, 24, 10, 37 and 16 channels.
 WIDTHS = [(8, 1), (19, 1), (48, 2), (40, 4), (74, 2), (32, 2)]
-# All at most 100 pixels: NCHW takes this kernel too (at stride 2 or 3, with "add", or with
-# rows apart; and at (1, 3) and (4, 4) in every case).
+# Small maps: NCHW inputs take this kernel too at some of them (the plan decides; the tests
+# assert that each layout's channel path was reached).
 SIZES = [(7, 7), (5, 9), (1, 3), (4, 4), (10, 10)]
 
 
@@ -63,11 +61,14 @@ LAYOUTS = ["nchw", "channels_last", "channels_last_x_only", "channels_last_slice
 @pytest.mark.parametrize("k,stride,dilation", [(1, 1, 1), (3, 1, 1), (3, 2, 1), (3, 1, 2), (5, 1, 1), (5, 2, 3), (7, 3, 1)])
 def test_matches_reference_float64(k, stride, dilation, combine, layout):
     gen = torch.Generator().manual_seed(k * 100 + stride * 10 + dilation)
+    paths = set()
     for (C, G), (H, W) in itertools.product(WIDTHS, SIZES):
         x, cf, sf = inputs(layout, 2, C, H, W, k, G, stride, gen)
+        paths.add(cpu_path(x, cf, sf, stride, dilation, combine))
         out = ddf_ops.ddf(x, cf, sf, stride, dilation, combine)
         expected = ddf_ops.reference.ddf(x, cf, sf, stride, dilation, combine)
         torch.testing.assert_close(out, expected, **TOLERANCES[torch.float64], msg=f"C={C} G={G} H={H} W={W}")
+    assert ("channels_in_place" if "channels_last" in layout else "channels_transposed") in paths, paths
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
@@ -140,7 +141,7 @@ def test_opcheck_channels_last():
 
 # ---- Backward --------------------------------------------------------------------------------
 
-# The NCHW ones (maps of at most 256 output pixels) run on channels_last copies: transposed
+# The NCHW ones run on channels_last copies (small maps: the plan's ChannelsCopied): transposed
 # in registers where contiguous (nchw), by ATen where not (the views).
 BACKWARD_LAYOUTS = LAYOUTS
 
@@ -156,14 +157,20 @@ def grad_output_like(x, sf, gen):
 @pytest.mark.parametrize("k,stride,dilation", [(1, 1, 1), (3, 1, 1), (3, 2, 1), (3, 1, 2), (5, 2, 3), (5, 3, 1), (7, 1, 1)])
 def test_grads_match_reference_float64(k, stride, dilation, combine, layout):
     gen = torch.Generator().manual_seed(k * 100 + stride * 10 + dilation)
+    paths = set()
     for (C, G), (H, W) in itertools.product(WIDTHS, SIZES + [(12, 5)]):
         x, cf, sf = inputs(layout, 2, C, H, W, k, G, stride, gen)
         go = grad_output_like(x, sf, gen)
+        paths.add(cpu_path(x, cf, sf, stride, dilation, combine, go))
         got = torch.ops.ddf.ddf_backward(go, x, cf, sf, stride, dilation, combine, [True, True, True])
         leaves = [t.detach().clone().requires_grad_(True) for t in (x, cf, sf)]
         expected = torch.autograd.grad(ddf_ops.reference.ddf(*leaves, stride, dilation, combine), leaves, go)
         for name, a, b in zip(("input", "channel_filter", "spatial_filter"), got, expected):
             torch.testing.assert_close(a, b, **TOLERANCES[torch.float64], msg=f"{name}: C={C} G={G} H={H} W={W}")
+    # x, grad_output and grad_input with contiguous channels (grad_input takes the input's memory
+    # format: a sliced channels-contiguous view gets an NCHW grad_input, written through a copy).
+    in_place = layout in ("channels_last", "channels_last_x_only")
+    assert ("channels_in_place" if in_place else "channels_copied") in paths, paths
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "nchw"])

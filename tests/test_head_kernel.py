@@ -1,4 +1,4 @@
-"""The NCHW forward read in place (csrc/cpu/ddf_cpu_head.h) against the reference.
+"""The NCHW forward read in place (csrc/cpu/rows/head_loop.h) against the reference.
 
 It runs for "mul", stride 1, float32/float64 inputs with contiguous rows, on the channels
 whose shifted reads stay inside the input's storage (the first channel of the tensor reads
@@ -7,8 +7,9 @@ a run of channels of one head: blocks of 2 (4 on AVX-512) channels x 4 vectors, 
 rest of the band's pixels (1 to 4 vectors) across up to 8 channels at once, then single
 channels. The sizes below give every remainder length on each ISA and dtype (n = H*W
 pixels per band; a vector holds 8 or 16 float32, 4 or 8 float64), and channel counts that
-are not a multiple of any block. Heads of 8 or more channels on maps of at most 100 pixels
-take the channel-vectorized kernel instead (test_channels_vectorized.py).
+are not a multiple of any block. The CPU plan (cpu_path) says which calls take this kernel:
+wide heads on the smallest maps go to the channel-vectorized kernel instead
+(test_channels_vectorized.py), and the test checks that no other call does.
 """
 
 import itertools
@@ -17,7 +18,7 @@ import pytest
 import torch
 
 import ddf_ops
-from conftest import TOLERANCES
+from conftest import TOLERANCES, cpu_path
 
 SIZES = [(8, 8), (11, 13), (9, 12), (7, 7), (5, 7), (3, 40), (17, 19), (2, 3), (1, 1)]
 # (channels per head, heads): single channels, less than a block, and leftovers after
@@ -48,6 +49,8 @@ def test_matches_reference(k, dilation, dtype, embedded):
     gen = torch.Generator().manual_seed(k * 10 + dilation)
     for (H, W), (cph, G) in itertools.product(SIZES, HEADS):
         x, cf, sf = operands(gen, 2, cph * G, H, W, k, G, dtype, embedded)
+        path = cpu_path(x, cf, sf, 1, dilation, "mul")
+        assert path == "rows_in_place" or (H * W <= 16 and cph >= 8), f"H={H} W={W} C/head={cph}: {path}"
         got = ddf_ops.ddf(x, cf, sf, 1, dilation, "mul")
         expected = ddf_ops.reference.ddf(x.double(), cf.double(), sf.double(), 1, dilation, "mul")
         torch.testing.assert_close(got.double(), expected, **TOLERANCES[dtype], msg=f"H={H} W={W} C/head={cph} G={G}")

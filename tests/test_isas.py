@@ -1,7 +1,7 @@
 """The CPU kernel tests again with each lower instruction set forced.
 
 The library picks its loops' ISA once per process, the best the CPU has, capped by
-ATEN_CPU_CAPABILITY (csrc/cpu/ddf_cpu_isa.h). The main test run covers the machine's own ISA
+ATEN_CPU_CAPABILITY (csrc/cpu/vec/isa.h). The main test run covers the machine's own ISA
 only; the AVX2 and baseline instances have their own register blocking, remainders and
 transposes, so the files that exercise the kernels run again here, in a subprocess per ISA.
 An ISA the CPU lacks, or the one the main run already used, is skipped with the reason.
