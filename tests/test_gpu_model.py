@@ -1,4 +1,4 @@
-"""benchmarks/gpu_model.py: its mirror of the tiled launch plan, its SASS loop analysis, and a
+"""tools/cuda_static/gpu_model.py: its mirror of the tiled launch plan, its SASS loop analysis, and a
 run on the built library (a CUDA build: the cubins are read, no GPU is needed)."""
 
 import random
@@ -6,8 +6,8 @@ import random
 import pytest
 import torch
 
-from benchmarks import cuda_resources as cr
-from benchmarks import gpu_model as gm
+from tools.cuda_static import cuda_resources as cr
+from tools.cuda_static import gpu_model as gm
 from conftest import requires_emulation
 
 PLAN_FIELDS = ["tx", "ty", "tz", "ch", "rows", "halo_h", "halo_w", "tiles", "splits", "split_channels", "shared_bytes"]

@@ -1,6 +1,6 @@
 """Static performance model of the CUDA kernels: estimates, not measurements.
 
-    python -m benchmarks.gpu_model [--library PATH] [--arch sm_90] [--markdown]
+    python -m tools.cuda_static.gpu_model [--library PATH] [--markdown]
 
 No GPU is needed (none was available when this was written). For the ResNet-50 DDF shapes
 (B=64; 64@56², 128@28², 256@14², 512@7²; k=3, stride 1, one head) in float32 and float16, it
@@ -35,7 +35,7 @@ import subprocess
 import sys
 from typing import Dict, List, Optional, Tuple
 
-from benchmarks import cuda_resources as cr
+from tools.cuda_static import cuda_resources as cr
 
 # H100 SXM5: DRAM bandwidth, SMs, sustained clock under load, warp instructions issued per
 # SM per clock (4 sub-partitions), and a loaded DRAM latency for Little's law.
