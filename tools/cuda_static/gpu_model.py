@@ -98,7 +98,8 @@ def plan_tiled(kernel: str, B: int, C: int, H: int, W: int, k: int, G: int, s: i
 
     load_library()
     if not hasattr(torch.ops.ddf, "_cuda_tiled_plan"):
-        raise RuntimeError("the loaded ddf library has no _cuda_tiled_plan op: it predates it, rebuild it (make build)")
+        raise RuntimeError("the loaded ddf library has no _cuda_tiled_plan op (built before it was added): "
+                           "rebuild it (make build)")
     fields = torch.ops.ddf._cuda_tiled_plan(kernel, B, C, H, W, k, G, s, d)
     return Plan(*fields[1:]) if fields[0] else None
 
@@ -387,7 +388,11 @@ def main(argv=None) -> int:
     # The launch plans come from the library, preferably the one whose cubins are read.
     load_library(args.library)
     funcs = sass_functions(sass.stdout)
-    rows = model(funcs, res, "float32") + model(funcs, res, "float16")
+    try:
+        rows = model(funcs, res, "float32") + model(funcs, res, "float16")
+    except RuntimeError as e:  # a library older than _cuda_tiled_plan
+        print(f"gpu_model: {e}", file=sys.stderr)
+        return 2
     print("ESTIMATES from a static model (cubin registers and SASS, H100 figures), not measurements.")
     print(f"H100 SXM: {DRAM_BW / 1e12:.2f} TB/s DRAM, {SMS} SMs at {CLOCK_HZ / 1e9:.3f} GHz, "
           f"{DRAM_LATENCY_S * 1e9:.0f} ns DRAM latency; B={BATCH}, k={K}, stride 1, one head, 'mul'.")
