@@ -92,13 +92,14 @@ cpp-example: build
 bench: build
 	$(PY) -m benchmarks.bench_cpu
 
-# make cuda-resources - static checks of the compiled CUDA kernels, no GPU needed: registers,
-#               stack, spills, shared memory and occupancy per kernel and architecture; fails
-#               on a spill, a stack frame, or a CPU-only build (CUDA_RESOURCES_ARGS=--allow-cpu-only).
+# make cuda-resources - static checks of the compiled CUDA kernels, no GPU needed
+#               (tools/cuda_static/cuda_resources.py): registers, stack, spills, shared memory
+#               and occupancy per kernel and architecture; fails on a spill, a stack frame,
+#               or a CPU-only build (CUDA_RESOURCES_ARGS=--allow-cpu-only).
 CUDA_RESOURCES_ARGS ?=
 .PHONY: cuda-resources
 cuda-resources: build
-	$(PY) -m benchmarks.cuda_resources $(CUDA_RESOURCES_ARGS)
+	$(PY) -m tools.cuda_static.cuda_resources $(CUDA_RESOURCES_ARGS)
 
 # make sanitize - the CPU kernels under AddressSanitizer + UndefinedBehaviorSanitizer: a
 #               sanitized CPU-only CMake build (build/sanitize), its C++ test, then the

@@ -1,4 +1,4 @@
-"""benchmarks.cuda_resources: its parsers on captured cuobjdump output, the occupancy
+"""tools.cuda_static.cuda_resources: its parsers on captured cuobjdump output, the occupancy
 calculator on hand-worked cases, and the tool itself on the built library and on a small
 spilling kernel (these skip, visibly, without cuobjdump / nvcc / a CUDA build)."""
 
@@ -17,7 +17,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:  # `pytest` (not `python -m pytest`) leaves the repo root off sys.path
     sys.path.insert(0, REPO_ROOT)
 
-from benchmarks import cuda_resources as cr  # noqa: E402
+from tools.cuda_static import cuda_resources as cr  # noqa: E402
 
 # `cuobjdump -res-usage ddf_ops/_C.abi3.so`, cut down: three functions of the sm_80 cubin, two
 # of the sm_90 cubin, and the compute_90 PTX (which has no resource usage).

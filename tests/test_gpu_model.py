@@ -1,42 +1,63 @@
-"""benchmarks/gpu_model.py: its mirror of the tiled launch plan, its SASS loop analysis, and a
-run on the built library (a CUDA build: the cubins are read, no GPU is needed)."""
-
-import random
+"""tools/cuda_static/gpu_model.py: its launch plans (the library's own, through
+torch.ops.ddf._cuda_tiled_plan), its SASS loop analysis, and a run on the built library (a
+CUDA build: the cubins are read, no GPU is needed)."""
 
 import pytest
 import torch
 
-from benchmarks import cuda_resources as cr
-from benchmarks import gpu_model as gm
-from conftest import requires_emulation
+from tools.cuda_static import cuda_resources as cr
+from tools.cuda_static import gpu_model as gm
 
 PLAN_FIELDS = ["tx", "ty", "tz", "ch", "rows", "halo_h", "halo_w", "tiles", "splits", "split_channels", "shared_bytes"]
 
+# The plans of the ResNet-50 DDF shapes (B=64, k=3, stride 1, one head), as
+# csrc/cuda/ddf_cuda_tiled_plan.h makes them (the figures of the Python copy of the plan that
+# the model kept until issue 17, which was checked against the C++ on 68 geometries):
+# PLAN_FIELDS per (kernel, C, map size).
+RESNET50_PLANS = {
+    ("forward", 64, 56): [32, 8, 1, 8, 1, 10, 34, 14, 2, 32, 11264],
+    ("forward", 128, 28): [32, 8, 1, 8, 1, 10, 34, 4, 4, 32, 11264],
+    ("forward", 256, 14): [16, 16, 1, 8, 1, 18, 18, 1, 16, 16, 10752],
+    ("forward", 512, 7): [8, 8, 4, 8, 1, 10, 10, 1, 16, 32, 14336],
+    ("grad_input", 64, 56): [32, 8, 1, 8, 1, 11, 35, 14, 2, 32, 26768],
+    ("grad_input", 128, 28): [32, 8, 1, 8, 1, 11, 35, 4, 4, 32, 26768],
+    ("grad_input", 256, 14): [16, 16, 1, 8, 1, 19, 19, 1, 16, 16, 25136],
+    ("grad_input", 512, 7): [8, 8, 4, 8, 1, 11, 11, 1, 16, 32, 21872],
+    ("filter_grads", 64, 56): [32, 8, 1, 8, 2, 18, 34, 8, 1, 64, 38656],
+    ("filter_grads", 128, 28): [32, 8, 1, 8, 2, 18, 34, 2, 3, 48, 38656],
+    ("filter_grads", 256, 14): [16, 8, 2, 8, 2, 18, 18, 1, 4, 64, 40192],
+    ("filter_grads", 512, 7): [8, 4, 8, 8, 2, 10, 10, 1, 4, 128, 47360],
+}
 
-def _geometries():
-    rng = random.Random(8)
-    shapes = [(64, 64, 56, 56, 3, 1, 1, 1), (64, 512, 7, 7, 3, 1, 1, 1), (2, 6, 37, 70, 3, 1, 2, 1),
-              (1, 3, 20, 33, 7, 1, 2, 3), (1, 2, 12, 12, 7, 2, 1, 5), (3, 10, 5, 6, 3, 5, 2, 1),
-              (1, 4, 1, 1, 5, 4, 1, 9), (1, 2, 300, 3, 7, 1, 1, 40)]
-    for _ in range(60):
-        G = rng.choice([1, 2, 4])
-        shapes.append((rng.randint(1, 8), G * rng.randint(1, 40), rng.randint(1, 90), rng.randint(1, 90),
-                       rng.choice([3, 5, 7]), G, rng.choice([1, 2]), rng.randint(1, 6)))
-    return shapes
+
+@pytest.mark.parametrize("kernel,C,S", sorted(RESNET50_PLANS))
+def test_model_plans_the_resnet50_shapes_as_the_library_does(kernel, C, S):
+    # Any build has the op, CPU-only too: the plan is host code.
+    raw = torch.ops.ddf._cuda_tiled_plan(kernel, gm.BATCH, C, S, S, gm.K, 1, 1, 1)
+    assert raw == [1] + RESNET50_PLANS[kernel, C, S]
+    p = gm.plan_tiled(kernel, gm.BATCH, C, S, S, gm.K, 1, 1, 1)
+    assert [getattr(p, f) for f in PLAN_FIELDS] == RESNET50_PLANS[kernel, C, S]
 
 
-@requires_emulation
-@pytest.mark.parametrize("kernel", ["forward", "grad_input", "filter_grads"])
-def test_plan_mirror_matches_the_cpp_plan(kernel):
-    for B, C, H, W, k, G, s, d in _geometries():
-        cpp = torch.ops.ddf_emu.tiled_plan(kernel, B, C, H, W, k, G, s, d)
-        py = gm.plan_tiled(kernel, B, C, H, W, k, G, s, d)
-        where = f"{kernel} B={B} C={C} H={H} W={W} k={k} G={G} s={s} d={d}"
-        if cpp[0] == 0:
-            assert py is None, where
-        else:
-            assert py is not None, where
-            assert [getattr(py, f) for f in PLAN_FIELDS] == cpp[1:], where
+def test_smaller_calls_and_calls_that_take_the_generic_kernels():
+    # Fewer channels than a lane step, stride 2, dilation 3, k = 7: planned, shrunk.
+    p = gm.plan_tiled("forward", 1, 3, 20, 33, 7, 1, 2, 3)
+    assert [getattr(p, f) for f in PLAN_FIELDS] == [32, 8, 1, 3, 1, 33, 81, 2, 1, 3, 32736]
+    p = gm.plan_tiled("filter_grads", 2, 6, 37, 70, 3, 1, 2, 1)
+    assert [getattr(p, f) for f in PLAN_FIELDS] == [32, 8, 1, 3, 2, 33, 65, 4, 2, 3, 32928]
+    # k = 9, stride 3, and a halo (dilation 40, k = 7) over 48 KiB: generic kernels.
+    assert torch.ops.ddf._cuda_tiled_plan("forward", 64, 64, 56, 56, 9, 1, 1, 1) == [0]
+    assert gm.plan_tiled("grad_input", 64, 64, 56, 56, 3, 1, 3, 1) is None
+    assert gm.plan_tiled("forward", 1, 2, 300, 3, 7, 1, 1, 40) is None
+
+
+def test_plan_op_rejects_what_the_plan_cannot_take():
+    with pytest.raises(RuntimeError, match="kernel must be"):
+        torch.ops.ddf._cuda_tiled_plan("backward", 1, 4, 8, 8, 3, 1, 1, 1)
+    with pytest.raises(RuntimeError, match="divide C"):
+        torch.ops.ddf._cuda_tiled_plan("forward", 1, 4, 8, 8, 3, 3, 1, 1)
+    with pytest.raises(RuntimeError, match="odd"):
+        torch.ops.ddf._cuda_tiled_plan("forward", 1, 4, 8, 8, 4, 1, 1, 1)
 
 
 SASS = """

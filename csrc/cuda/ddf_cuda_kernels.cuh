@@ -38,6 +38,7 @@
 #include "../ddf_elementwise.h"
 #include "../ddf_geometry.h"
 #include "../ddf_scalar.h"
+#include "ddf_cuda_grid_limits.h"
 
 namespace ddf {
 
@@ -57,14 +58,6 @@ namespace cuda {
 
 constexpr int kThreads = 256;
 constexpr int kReduceThreads = 256;
-
-// The largest grid a launch may use in each dimension. The defaults are what the hardware
-// allows (x is capped lower: grid-stride loops make more blocks pointless). The emulator's
-// "shrunk grid" mode passes 2, so that every grid-stride loop takes more than one step.
-struct GridLimits {
-  int64_t x = int64_t(1) << 30;
-  int64_t y = 65535;
-};
 
 // Calls f(plane, row, col) for every element of planes x rows x cols. A block is a tile of
 // (column, plane-row) pairs, plane-rows being all rows of all planes one after another, so

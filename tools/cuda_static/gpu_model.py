@@ -1,6 +1,6 @@
 """Static performance model of the CUDA kernels: estimates, not measurements.
 
-    python -m benchmarks.gpu_model [--library PATH] [--arch sm_90] [--markdown]
+    python -m tools.cuda_static.gpu_model [--library PATH] [--markdown]
 
 No GPU is needed (none was available when this was written). For the ResNet-50 DDF shapes
 (B=64; 64@56², 128@28², 256@14², 512@7²; k=3, stride 1, one head) in float32 and float16, it
@@ -14,7 +14,9 @@ prints, for the landed generic kernels and the tiled kernels side by side:
     loop that writes an output, or reduces a (pixel, channel) term), plus the staging loop
     times the halo elements per output, plus the per-step code divided over the step's
     outputs. The generic kernels' figures are the per-element counts of issue 8's analysis;
-  * registers (cubin) and theoretical occupancy with the launch's real shared memory;
+  * registers (cubin) and theoretical occupancy with the launch's real shared memory (the
+    tiled launches' blocks, grids and shared memory are the library's own plan,
+    torch.ops.ddf._cuda_tiled_plan, so the library is loaded);
   * the estimated time: the larger of DRAM bytes / achievable bandwidth and instructions /
     issue rate, where achievable bandwidth is min(3.35 TB/s, bytes in flight / latency)
     (Little's law, from occupancy, the launch's blocks and the loads each thread keeps in
@@ -35,7 +37,7 @@ import subprocess
 import sys
 from typing import Dict, List, Optional, Tuple
 
-from benchmarks import cuda_resources as cr
+from tools.cuda_static import cuda_resources as cr
 
 # H100 SXM5: DRAM bandwidth, SMs, sustained clock under load, warp instructions issued per
 # SM per clock (4 sub-partitions), and a loaded DRAM latency for Little's law.
@@ -50,14 +52,6 @@ SHAPES = [(64, 56), (128, 28), (256, 14), (512, 7)]  # (channels, map size), Res
 BATCH = 64
 K = 3
 
-# Mirrors of csrc/cuda/ddf_cuda_tiled_plan.h (tests/test_gpu_model.py checks them against
-# the C++ plan through the emulation library).
-BLOCK_THREADS = 256
-TARGET_BLOCKS = 1024
-TARGET_BLOCKS_FILTER_GRADS = 264
-LANE_CHANNELS = 8
-MAX_SHARED = 48 * 1024
-
 # Per-element SASS of the generic kernels (issue 8, sm_90): forward and grad_input per
 # element, grad_spatial per (pixel, channel) of a head plus a per-element part, grad_channel
 # per (pixel, tap) term.
@@ -66,13 +60,6 @@ GENERIC_SASS = {"forward": 850, "grad_input": 1250, "grad_spatial": (14, 150), "
 
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
-
-
-def _pow2_at_least(n: int, cap: int) -> int:
-    p = 1
-    while p < cap and p < n:
-        p *= 2
-    return p
 
 
 @dataclasses.dataclass
@@ -90,55 +77,31 @@ class Plan:
     shared_bytes: int
 
 
+def load_library(path: Optional[str] = None) -> None:
+    """Loads the ddf library into this process unless one is loaded already: `path` (the
+    library whose cubins are modelled), else ddf_ops' own (or $DDF_OPS_LIBRARY)."""
+    import torch
+
+    if hasattr(torch.ops.ddf, "ddf"):
+        return
+    if path:
+        torch.ops.load_library(path)
+    else:
+        import ddf_ops  # noqa: F401  (loads the library)
+
+
 def plan_tiled(kernel: str, B: int, C: int, H: int, W: int, k: int, G: int, s: int, d: int) -> Optional[Plan]:
-    """The tiled plan of one call (kernel: forward, grad_input or filter_grads), or None."""
-    if k not in (3, 5, 7) or s not in (1, 2) or B * C * H * W == 0:
-        return None
-    Ho, Wo = _ceil_div(H, s), _ceil_div(W, s)
-    over_input = kernel == "grad_input"
-    map_h, map_w = (H, W) if over_input else (Ho, Wo)
-    rows = (2 if k == 3 else 1) if kernel == "filter_grads" else 1
-    cph = C // G
-    tx = _pow2_at_least(map_w, 32)
-    ty = _pow2_at_least(_ceil_div(map_h, rows), BLOCK_THREADS // tx)
-    while tx * ty < 32:
-        ty *= 2
-    ch = min(LANE_CHANNELS, cph)
-    tz = min(BLOCK_THREADS // (tx * ty), _pow2_at_least(_ceil_div(cph, ch), 8))
+    """The tiled plan of one call (kernel: forward, grad_input or filter_grads), or None when
+    the call takes the generic kernels. The library computes it (torch.ops.ddf._cuda_tiled_plan,
+    csrc/cuda/ddf_cuda_tiled_plan.h), so the model sizes the launches a GPU really gets."""
+    import torch
 
-    def floats() -> Tuple[int, int, int]:
-        span = (k - 1) * d
-        lane_filter = (k * k + 3) // 4 * 4
-        if over_input:
-            hh, hw = (ty - 1 + span) // s + 2, (tx - 1 + span) // s + 2
-            plane = (hh * hw + 3) // 4 * 4
-            return k * k * plane + tz * ch * (lane_filter + plane), hh, hw
-        hh, hw = (ty * rows - 1) * s + span + 1, (tx - 1) * s + span + 1
-        plane = (hh * hw + 3) // 4 * 4
-        n = tz * ch * (lane_filter + plane)
-        if kernel == "filter_grads":
-            n += (tx * ty * tz // 32) * ch * k * k + tx * ty * tz * ch * rows
-            if tz > 1:
-                n = max(n, tx * ty * rows * k * k)
-        return n, hh, hw
-
-    n, hh, hw = floats()
-    while n * 4 > MAX_SHARED and (ch > 1 or tz > 1 or tx * ty > 32):
-        if ch > 1:
-            ch //= 2
-        elif tz > 1:
-            tz //= 2
-        else:
-            ty //= 2
-        n, hh, hw = floats()
-    if n * 4 > MAX_SHARED:
-        return None
-    tiles = _ceil_div(map_w, tx) * _ceil_div(map_h, ty * rows)
-    step = tz * ch
-    target = TARGET_BLOCKS_FILTER_GRADS if kernel == "filter_grads" else TARGET_BLOCKS
-    want = min(max(_ceil_div(target, tiles * B * G), 1), _ceil_div(cph, step))
-    split_channels = _ceil_div(_ceil_div(cph, want), step) * step
-    return Plan(tx, ty, tz, ch, rows, hh, hw, tiles, _ceil_div(cph, split_channels), split_channels, n * 4)
+    load_library()
+    if not hasattr(torch.ops.ddf, "_cuda_tiled_plan"):
+        raise RuntimeError("the loaded ddf library has no _cuda_tiled_plan op (built before it was added): "
+                           "rebuild it (make build)")
+    fields = torch.ops.ddf._cuda_tiled_plan(kernel, B, C, H, W, k, G, s, d)
+    return Plan(*fields[1:]) if fields[0] else None
 
 
 # --------------------------------------------------------------------------- SASS loops
@@ -355,7 +318,7 @@ def model(funcs, res, dtype: str) -> List[Row]:
                 moved = e * (out + x + cf + sf * p.splits) + channel + spatial
                 outputs = out
             blocks = p.tiles * p.splits * B
-            t = estimate_time(moved, sass * outputs, occ, min(LANE_CHANNELS, p.ch), e, blocks, threads)
+            t = estimate_time(moved, sass * outputs, occ, p.ch, e, blocks, threads)
             rows.append(Row(shape, dtype, "tiled", kernel, min_b, moved, sass, inner, outputs, regs, occ, t))
             if kernel == "filter_grads":
                 # The fixed-order sums of the partials: one thread per result element, whose
@@ -422,8 +385,14 @@ def main(argv=None) -> int:
         return 2
     res = cr.parse_res_usage(subprocess.run([cuobjdump, "-res-usage", args.library], capture_output=True,
                                             text=True).stdout)
+    # The launch plans come from the library, preferably the one whose cubins are read.
+    load_library(args.library)
     funcs = sass_functions(sass.stdout)
-    rows = model(funcs, res, "float32") + model(funcs, res, "float16")
+    try:
+        rows = model(funcs, res, "float32") + model(funcs, res, "float16")
+    except RuntimeError as e:  # a library older than _cuda_tiled_plan
+        print(f"gpu_model: {e}", file=sys.stderr)
+        return 2
     print("ESTIMATES from a static model (cubin registers and SASS, H100 figures), not measurements.")
     print(f"H100 SXM: {DRAM_BW / 1e12:.2f} TB/s DRAM, {SMS} SMs at {CLOCK_HZ / 1e9:.3f} GHz, "
           f"{DRAM_LATENCY_S * 1e9:.0f} ns DRAM latency; B={BATCH}, k={K}, stride 1, one head, 'mul'.")

@@ -1,6 +1,6 @@
 """Static resource checks of the compiled CUDA kernels: no GPU needed.
 
-    python -m benchmarks.cuda_resources [LIBRARY] [--json] [--allow-cpu-only]
+    python -m tools.cuda_static.cuda_resources [LIBRARY] [--json] [--allow-cpu-only]
 
 Reads the cubins embedded in the library (default: ddf_ops/_C*.so) with cuobjdump and
 prints, per kernel and per cubin architecture: registers, stack frame, local memory,
@@ -55,7 +55,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# tools/cuda_static/ -> the repository (its ddf_ops/_C*.so and .venv).
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Threads per block of the kernels that carry no __launch_bounds__, keyed by a substring
 # of the (mangled or demangled) kernel name; the first match wins. Keep in step with the
@@ -875,7 +876,7 @@ def format_table(rows: Sequence[KernelRow]) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.cuda_resources",
+        prog="python -m tools.cuda_static.cuda_resources",
         description="Static resource checks (registers, spills, stack, shared memory, occupancy) of the "
         "CUDA kernels embedded in the library; no GPU needed.",
     )
