@@ -99,7 +99,7 @@ def test_every_tracked_source_file_is_documented():
 
 
 def test_the_repository_does_not_point_at_the_developers_brief():
-    # The design lives in docs/design.md; ../shared is outside the repository.
+    # The design lives in docs/design.md, not in a brief outside the repository.
     files = tracked_source_files() + ["README.md", os.path.join("docs", "design.md")]
     pointing = [f for f in files if f != "tests/test_docs.py" and re.search(r"shared/DESIGN\.md", read(f))]
     assert not pointing, pointing
