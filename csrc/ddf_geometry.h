@@ -1,6 +1,6 @@
 // Index math of the DDF op, shared by the CPU and CUDA kernels (host and device).
 //
-// Semantics (../shared/DESIGN.md, section 1):
+// Semantics (docs/design.md, section 1):
 //   out[b,c,y,x] = sum_{i,j<k} X[b, c, y*s + (i-r)*d, x*s + (j-r)*d]
 //                              * F(cf[b,c,i,j], sf[b, g(c)*k*k + i*k + j, y, x])
 // with X zero outside the image, r = (k-1)/2, g(c) = c / (C/G), F = mul or add.

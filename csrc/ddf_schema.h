@@ -4,7 +4,7 @@
 
 namespace ddf {
 
-// Output (B, C, ceil(H/stride), ceil(W/stride)); see ../shared/DESIGN.md for the formula.
+// Output (B, C, ceil(H/stride), ceil(W/stride)); see docs/design.md for the formula.
 inline constexpr const char* kDdfSchema =
     "ddf(Tensor input, Tensor channel_filter, Tensor spatial_filter, int stride=1, int dilation=1, "
     "str combine=\"mul\") -> Tensor";

@@ -18,7 +18,7 @@ def ddf(
     dilation: int = 1,
     combine: str = "mul",
 ) -> Tensor:
-    """Same semantics and arguments as :func:`ddf_ops.ddf` (see ``../shared/DESIGN.md``)."""
+    """Same semantics and arguments as :func:`ddf_ops.ddf` (see ``docs/design.md``)."""
     if combine not in ("mul", "add"):
         raise ValueError(f'combine must be "mul" or "add", got {combine!r}')
     B, C, H, W = input.shape

@@ -1,5 +1,5 @@
 // The CUDA kernels of csrc/cuda/ddf_cuda_kernels.cuh, run under the host emulator, against a
-// float64 reference written straight from the formula (DESIGN.md, section 1).
+// float64 reference written straight from the formula (docs/design.md, section 1).
 //
 // Every result (output, grad_input, grad_channel_filter, grad_spatial_filter) is checked:
 //   - in every dtype (float64, float32, float16, bfloat16) with its tolerance;
