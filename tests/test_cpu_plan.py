@@ -38,6 +38,9 @@ FORWARD = [
     ("channels_last, stride 2, add", operands(2, 32, 11, 9, 3, 2, 2, channels_last=True), 2, 1, "add", "channels_in_place"),
     ("NCHW 7x7, stride 2", operands(2, 16, 7, 7, 3, 1, 2), 2, 1, "mul", "channels_transposed"),
     ("NCHW 4x4, mul", operands(2, 16, 4, 4, 3, 1, 1), 1, 1, "mul", "channels_transposed"),
+    ("NCHW 7x7, wide heads, mul", operands(2, 16, 7, 7, 3, 1, 1), 1, 1, "mul", "rows_in_place"),
+    ("NCHW 7x7, wide heads, add", operands(2, 16, 7, 7, 3, 1, 1), 1, 1, "add", "channels_transposed"),
+    ("NCHW 20x20, wide heads, add", operands(2, 16, 20, 20, 3, 1, 1), 1, 1, "add", "rows_phase_planes"),
     ("stride as large as the image", operands(1, 4, 600, 600, 3, 2, 600), 600, 1, "mul", "elementwise"),
     ("no pixels", operands(0, 4, 9, 9, 3, 1, 1), 1, 1, "mul", "empty"),
 ]
