@@ -17,6 +17,7 @@ import textwrap
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import ddf_ops
 from conftest import make_inputs
@@ -123,9 +124,9 @@ def test_cpp_autograd_gradcheck_and_gradgradcheck(tmp_path):
         "compared": COMPARED,
         "compared_inputs": [compared_inputs(k, stride, G, seed=i) for i, (k, stride, _, G, _) in enumerate(COMPARED)],
     }
-    torch.save(data, tmp_path / "inputs.pt")
+    torch.save(data, tmp_path / "in.pt")
     result = subprocess.run(
-        [sys.executable, "-c", LIBRARY_ONLY_SCRIPT, ddf_ops.library_path(), tmp_path / "inputs.pt", tmp_path / "out.pt"],
+        [sys.executable, "-c", LIBRARY_ONLY_SCRIPT, ddf_ops.library_path(), tmp_path / "in.pt", tmp_path / "out.pt"],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": ""},
@@ -156,7 +157,8 @@ def reference_backward(go, x, cf, sf, stride, dilation, combine):
 
 def primals_and_tangents(k, stride, G):
     x, cf, sf = inputs(k, stride, G, seed=1)
-    go = torch.randn(1, C, sf.shape[2], sf.shape[3], dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    gen = torch.Generator().manual_seed(2)
+    go = torch.randn(1, C, sf.shape[2], sf.shape[3], dtype=torch.float64, generator=gen)
     tangents = [torch.randn_like(t).cos() for t in (go, x, cf, sf)]
     return (go, x, cf, sf), tangents
 
@@ -178,7 +180,8 @@ def test_backward_backward_op_matches_reference(k, stride, dilation, G, combine)
         expected = torch.autograd.grad(inner, leaves, retain_graph=True, allow_unused=True)
         for mask in itertools.product([False, True], repeat=4):
             got = torch.ops.ddf._ddf_backward_backward(*primals, *grads, stride, dilation, combine, list(mask))
-            for name, want, a, b in zip(("grad_output", "input", "channel_filter", "spatial_filter"), mask, got, expected):
+            names = ("grad_output", "input", "channel_filter", "spatial_filter")
+            for name, want, a, b in zip(names, mask, got, expected):
                 where = f"d/d{name} given={given} mask={mask}"
                 if not want:
                     assert a is None, where
@@ -242,3 +245,50 @@ def test_python_function_matches_reference(k, stride, dilation, G, combine):
     got = torch.func.jvp(gradient(op), (go, x, cf, sf), tuple(tangents))
     expected = torch.func.jvp(gradient(ref), (go, x, cf, sf), tuple(tangents))
     torch.testing.assert_close(got, expected, **TOL)
+
+
+# ---------------------------------------------------------------------------------------------
+# The derivative ops as ops: CompositeImplicitAutograd with optional tensors and undefined
+# outputs, which fake tensors, aot dispatch and torch.func must accept.
+
+
+def derivative_op_calls():
+    x, cf, sf = make_inputs(2, 4, 7, 6, 3, 2, 2)
+    go = torch.randn(2, 4, 4, 3, dtype=torch.float64)
+    gx, gcf, gsf = (torch.randn_like(t) for t in (x, cf, sf))
+    ops = torch.ops.ddf
+    return [
+        (ops._ddf_backward_backward.default, (go, x, cf, sf, gx, None, gsf, 2, 1, "mul", [True, True, True, False])),
+        (ops._ddf_backward_backward.default, (go, x, cf, sf, None, gcf, None, 2, 1, "add", [True] * 4)),
+        (ops._ddf_jvp.default, (x, cf, sf, None, gcf, None, 2, 1, "add")),
+        (ops._ddf_backward_jvp.default, (go, x, cf, sf, None, gx, None, gsf, 2, 1, "mul", [True, False, True])),
+    ]
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_opcheck_derivative_ops(index):
+    op, args = derivative_op_calls()[index]
+    checks = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+    assert torch.library.opcheck(op, args, test_utils=checks) == {name: "SUCCESS" for name in checks}
+
+
+def test_vmap_of_derivative_op_reaches_the_batching_rule():
+    """Under vmap the op decomposes at functorch's front key: its ddf calls take the ddf
+    batching rule (one call each), not functorch's per-sample fallback."""
+    x, cf, sf = inputs(3, 2, 2)
+    tangents = torch.randn(5, *x.shape, dtype=torch.float64)
+    jvp = lambda t: torch.ops.ddf._ddf_jvp(x, cf, sf, t, None, None, 2, 1, "mul")  # noqa: E731
+    with DdfCalls() as calls:
+        got = torch.vmap(jvp)(tangents)
+    assert calls.count == 1  # the per-sample fallback would make 5
+    torch.testing.assert_close(got, torch.stack([jvp(t) for t in tangents]), **TOL)
+
+
+class DdfCalls(TorchDispatchMode):
+    """Counts the ddf::ddf calls that reach the kernels."""
+
+    count = 0
+
+    def __torch_dispatch__(self, op, types, args=(), kwargs=None):
+        self.count += op is torch.ops.ddf.ddf.default
+        return op(*args, **(kwargs or {}))
