@@ -16,7 +16,7 @@ inline constexpr const char* kDdfBackwardSchema =
     "int stride, int dilation, str combine, bool[3] output_mask) -> (Tensor, Tensor, Tensor)";
 
 // The private derivative ops: the higher derivatives of the two ops above, written once in
-// C++ (csrc/autograd/ddf_derivatives.h says what each computes) for both autograds. An
+// C++ (csrc/autograd/ddf_derivatives.cpp) for both autograds. An
 // absent (None) tangent or incoming gradient contributes nothing.
 
 // The backward of ddf_backward: gradients with respect to (grad_output, input,

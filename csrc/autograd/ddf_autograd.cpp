@@ -1,15 +1,14 @@
 // Autograd for ddf and ddf_backward, registered at the Autograd key so that the compiled
 // library alone gives a differentiable op (eager, torch.compile, torch.export, libtorch).
 //
-// The derivative algebra (double backward, tangents) lives in ddf_derivatives.cpp, shared
-// with the Python autograd Functions; the functions here only save what it needs and hand
-// the incoming gradients over.
+// The derivative algebra (double backward, tangents) lives in ddf_derivatives.cpp, as the
+// private ops that the Python autograd Functions call too; the functions here only save what
+// the double backward needs and hand the incoming gradients to _ddf_backward_backward.
 #include <torch/autograd.h>
 #include <torch/library.h>
 
 #include "../ddf_checks.h"
 #include "../ddf_op_calls.h"
-#include "ddf_derivatives.h"
 
 namespace ddf {
 namespace {
@@ -106,7 +105,7 @@ class DDFBackwardFunction : public torch::autograd::Function<DDFBackwardFunction
     }
     const std::array<bool, 4> needed = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
                                         ctx->needs_input_grad(2), ctx->needs_input_grad(3)};
-    auto [d_go, d_x, d_cf, d_sf] = ddf_backward_backward(
+    auto [d_go, d_x, d_cf, d_sf] = call_ddf_backward_backward(
         saved[0], saved[1], saved[2], saved[3], placed[0], placed[1], placed[2], a.stride, a.dilation, a.combine,
         needed);
     return {d_go, d_x, d_cf, d_sf, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};

@@ -1,4 +1,8 @@
-// The derivative algebra of the ddf ops, in one place (see ddf_derivatives.h for the contract).
+// The derivative algebra of the ddf ops, in one place: the private ops
+// _ddf_backward_backward, _ddf_jvp and _ddf_backward_jvp (schemas in ../ddf_schema.h), which
+// both autograds call: the C++ one (ddf_autograd.cpp) and the Python Functions
+// (ddf_ops/_transforms.py). An absent optional tangent or incoming gradient contributes
+// nothing; an output whose output_mask entry is false is undefined (None in Python).
 //
 // ddf is linear in the input and, for "mul", in each filter; ddf_backward is linear in
 // grad_output. So every derivative of either op is again a sum of ddf and ddf_backward
@@ -32,11 +36,14 @@
 //
 // Where "add" needs one filter's term and only the other filter's tangent or gradient is
 // given, the missing one is zeros of its shape: T(X, a, 0) = P(X, a) + 0.
-#include "ddf_derivatives.h"
-
+#include <ATen/core/Tensor.h>
 #include <ATen/ops/add.h>
 #include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
+
+#include <array>
+#include <optional>
+#include <tuple>
 
 #include "../ddf_op_calls.h"
 
@@ -60,8 +67,11 @@ at::Tensor or_zeros_like(const at::Tensor& t, const at::Tensor& like) {
   return t.defined() ? t : at::zeros_like(like);
 }
 
-}  // namespace
-
+// The vector-Jacobian product of ddf_backward (its backward, i.e. ddf's double backward):
+// given the gradients flowing into ddf_backward's three outputs, the gradients with respect
+// to (grad_output, input, channel_filter, spatial_filter). A requested gradient that nothing
+// contributes to (every incoming gradient it depends on absent) is undefined, which autograd
+// reads as zero.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ddf_backward_backward(
     const at::Tensor& go,
     const at::Tensor& x,
@@ -123,6 +133,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ddf_backward_backward
   return {d_go, d_x, d_cf, d_sf};
 }
 
+// The tangent of ddf's output given tangents of its three tensor inputs; undefined when all
+// three are absent.
 at::Tensor ddf_jvp(
     const at::Tensor& x,
     const at::Tensor& cf,
@@ -146,6 +158,10 @@ at::Tensor ddf_jvp(
   return tangent;
 }
 
+// The tangents of ddf_backward's outputs (grad_input, grad_channel_filter,
+// grad_spatial_filter) given tangents of its four tensor inputs. Every output that
+// output_mask asks for is defined (zeros where no tangent contributes): forward-mode AD needs
+// a tangent for every output that exists.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ddf_backward_jvp(
     const at::Tensor& go,
     const at::Tensor& x,
@@ -191,6 +207,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ddf_backward_jvp(
   }
   return {tangents[0], tangents[1], tangents[2]};
 }
+
+}  // namespace
 
 // CompositeImplicitAutograd: the kernels only call ddf and ddf_backward, so autograd,
 // fake tensors, torch.compile and torch.export see (and differentiate) those calls.
