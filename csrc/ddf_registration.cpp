@@ -5,6 +5,7 @@
 //   csrc/cpu/ddf_cpu.cpp            CPU
 //   csrc/cuda/ddf_cuda.cu           CUDA
 //   csrc/autograd/ddf_autograd.cpp  Autograd
+//   csrc/autograd/ddf_derivatives.cpp  CompositeImplicitAutograd (the private derivative ops)
 //   csrc/autocast/ddf_autocast.cpp  AutocastCPU / AutocastCUDA
 #include <ATen/core/enum_tag.h>
 #include <torch/library.h>
@@ -14,4 +15,7 @@
 TORCH_LIBRARY(ddf, m) {
   m.def(ddf::kDdfSchema, {at::Tag::pt2_compliant_tag, at::Tag::flexible_layout});
   m.def(ddf::kDdfBackwardSchema, {at::Tag::pt2_compliant_tag, at::Tag::flexible_layout});
+  m.def(ddf::kDdfBackwardBackwardSchema, {at::Tag::pt2_compliant_tag});
+  m.def(ddf::kDdfJvpSchema, {at::Tag::pt2_compliant_tag});
+  m.def(ddf::kDdfBackwardJvpSchema, {at::Tag::pt2_compliant_tag});
 }

@@ -8,9 +8,9 @@ gives it a batching rule. So importing ``ddf_ops`` registers, for both ``ddf::dd
 ``ddf::ddf_backward``:
 
 - ``Autograd``: the Python Function below in place of the C++ one, so eager autograd, double
-  backward, ``torch.autograd.forward_ad``, torch.compile and torch.export use it. The formulas
-  are those of ``csrc/autograd/ddf_autograd.cpp``; a process that only runs
-  ``torch.ops.load_library`` keeps the C++ kernel (and so has no forward-mode AD).
+  backward, ``torch.autograd.forward_ad``, torch.compile and torch.export use it. A process
+  that only runs ``torch.ops.load_library`` keeps the C++ kernel (and so has no forward-mode
+  AD); both call the same derivative ops (below).
 - ``FuncTorchDynamicLayerFrontMode``: the key the dispatcher reaches first while a functorch
   transform is active. The kernel hands the call to the Python Function, which routes it through
   functorch's ``custom_function_call``, exactly as if the Function had been called directly.
@@ -21,14 +21,13 @@ gives it a batching rule. So importing ``ddf_ops`` registers, for both ``ddf::dd
 The batching rule folds the vmapped dimension into the op's batch dimension B: one op call per
 vmap level, whatever the vmapped size; unbatched arguments are expanded.
 
-DDF is linear in the input and, for "mul", in each filter, so every derivative is again a sum
-of ddf and ddf_backward calls. Write T(X, a, b) = ddf(X, a, b) and A_X, A_cf, A_sf for the
-outputs of ddf_backward:
-
-- tangent of ddf:  mul: T(dX,cf,sf) + T(X,dcf,sf) + T(X,cf,dsf);
-  add: T(dX,cf,sf) + T(X,dcf,dsf), since T(X,a,b) = sum X*(a+b) is linear in (a, b) jointly.
-- ddf_backward is linear in grad_output and (as A_X, A_cf, A_sf are T's adjoints) has the same
-  structure in the other arguments; its backward is the double backward of the C++ kernel.
+The Functions hold no derivative algebra: their backward and jvp call the library's private
+ops ``ddf::_ddf_backward_backward``, ``_ddf_jvp`` and ``_ddf_backward_jvp``, where the formulas
+are written once (``csrc/autograd/ddf_derivatives.cpp``, shared with the C++ autograd). Those
+ops are CompositeImplicitAutograd: sums of ddf and ddf_backward calls, so every order of
+derivative goes through the Functions again. Under a functorch transform they are decomposed at
+the front key (below), so that their inner ddf calls reach the Functions' batching rules rather
+than functorch's per-sample fallback.
 """
 
 import warnings
@@ -39,15 +38,10 @@ from torch._C._functorch import TransformType
 _OPS = torch.ops.ddf
 _ddf = torch.ops.ddf.ddf.default
 _ddf_backward = torch.ops.ddf.ddf_backward.default
-
-
-def _add(a, b):
-    """a + b where either may be None (no contribution)."""
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return a + b
+_ddf_backward_backward = torch.ops.ddf._ddf_backward_backward.default
+_ddf_jvp = torch.ops.ddf._ddf_jvp.default
+_ddf_backward_jvp = torch.ops.ddf._ddf_backward_jvp.default
+_DERIVATIVE_OPS = (_ddf_backward_backward, _ddf_jvp, _ddf_backward_jvp)
 
 
 def _forward_ad_active() -> bool:
@@ -98,21 +92,8 @@ class DDFFunction(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, d_input, d_channel_filter, d_spatial_filter, *_):
-        input, channel_filter, spatial_filter = ctx.saved_tensors
-        stride, dilation, combine = ctx.attributes
-        tangent = None
-        if d_input is not None:
-            tangent = _ddf(d_input, channel_filter, spatial_filter, stride, dilation, combine)
-        if combine == "mul":
-            if d_channel_filter is not None:
-                tangent = _add(tangent, _ddf(input, d_channel_filter, spatial_filter, stride, dilation, combine))
-            if d_spatial_filter is not None:
-                tangent = _add(tangent, _ddf(input, channel_filter, d_spatial_filter, stride, dilation, combine))
-        elif d_channel_filter is not None or d_spatial_filter is not None:
-            d_cf = torch.zeros_like(channel_filter) if d_channel_filter is None else d_channel_filter
-            d_sf = torch.zeros_like(spatial_filter) if d_spatial_filter is None else d_spatial_filter
-            tangent = _add(tangent, _ddf(input, d_cf, d_sf, stride, dilation, combine))
-        return tangent
+        tangents = (d_input, d_channel_filter, d_spatial_filter)
+        return _ddf_jvp(*ctx.saved_tensors, *tangents, *ctx.attributes)
 
     @staticmethod
     def vmap(info, in_dims, input, channel_filter, spatial_filter, stride, dilation, combine):
@@ -142,77 +123,17 @@ class DDFBackwardFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_input, g_channel_filter, g_spatial_filter):
-        go, x, cf, sf = ctx.saved_tensors
-        s, d, combine = ctx.attributes
-        need_go, need_x, need_cf, need_sf = ctx.needs_input_grad[:4]
+        # Only the outputs that were computed (output_mask) carry a gradient.
         incoming = (g_input, g_channel_filter, g_spatial_filter)
-        gX, gcf, gsf = (g if wanted else None for g, wanted in zip(incoming, ctx.output_mask))
-        d_go = d_x = d_cf = d_sf = None
-        if combine == "mul":
-            if need_go:
-                if gX is not None:
-                    d_go = _add(d_go, _ddf(gX, cf, sf, s, d, combine))
-                if gcf is not None:
-                    d_go = _add(d_go, _ddf(x, gcf, sf, s, d, combine))
-                if gsf is not None:
-                    d_go = _add(d_go, _ddf(x, cf, gsf, s, d, combine))
-            if gX is not None and (need_cf or need_sf):
-                _, c1, s1 = _ddf_backward(go, gX, cf, sf, s, d, combine, [False, need_cf, need_sf])
-                d_cf, d_sf = _add(d_cf, c1), _add(d_sf, s1)
-            if gcf is not None and (need_x or need_sf):
-                x1, _, s1 = _ddf_backward(go, x, gcf, sf, s, d, combine, [need_x, False, need_sf])
-                d_x, d_sf = _add(d_x, x1), _add(d_sf, s1)
-            if gsf is not None and (need_x or need_cf):
-                x1, c1, _ = _ddf_backward(go, x, cf, gsf, s, d, combine, [need_x, need_cf, False])
-                d_x, d_cf = _add(d_x, x1), _add(d_cf, c1)
-        else:
-            any_filter_grad = gcf is not None or gsf is not None
-            gcf_ = torch.zeros_like(cf) if gcf is None else gcf
-            gsf_ = torch.zeros_like(sf) if gsf is None else gsf
-            if need_go:
-                if gX is not None:
-                    d_go = _add(d_go, _ddf(gX, cf, sf, s, d, combine))
-                if any_filter_grad:
-                    d_go = _add(d_go, _ddf(x, gcf_, gsf_, s, d, combine))
-            if need_x and any_filter_grad:
-                d_x = _ddf_backward(go, x, gcf_, gsf_, s, d, combine, [True, False, False])[0]
-            if gX is not None and (need_cf or need_sf):
-                _, d_cf, d_sf = _ddf_backward(go, gX, cf, sf, s, d, combine, [False, need_cf, need_sf])
-        return d_go, d_x, d_cf, d_sf, None, None, None, None
+        incoming = [g if wanted else None for g, wanted in zip(incoming, ctx.output_mask)]
+        needed = list(ctx.needs_input_grad[:4])
+        grads = _ddf_backward_backward(*ctx.saved_tensors, *incoming, *ctx.attributes, needed)
+        return (*grads, None, None, None, None)
 
     @staticmethod
-    def jvp(ctx, d_go, d_x, d_cf, d_sf, *_):
-        go, x, cf, sf = ctx.saved_tensors
-        s, d, combine = ctx.attributes
-        mask = ctx.output_mask
-        tangents = [None, None, None]
-
-        def accumulate(grads):
-            for i, g in enumerate(grads):
-                if g is not None:
-                    tangents[i] = _add(tangents[i], g)
-
-        def masked(*wanted):
-            return [m and w for m, w in zip(mask, wanted)]
-
-        if d_go is not None:
-            accumulate(_ddf_backward(d_go, x, cf, sf, s, d, combine, mask))
-        if d_x is not None and any(masked(False, True, True)):
-            accumulate(_ddf_backward(go, d_x, cf, sf, s, d, combine, masked(False, True, True)))
-        if combine == "mul":
-            if d_cf is not None and any(masked(True, False, True)):
-                accumulate(_ddf_backward(go, x, d_cf, sf, s, d, combine, masked(True, False, True)))
-            if d_sf is not None and any(masked(True, True, False)):
-                accumulate(_ddf_backward(go, x, cf, d_sf, s, d, combine, masked(True, True, False)))
-        elif (d_cf is not None or d_sf is not None) and mask[0]:
-            d_cf_ = torch.zeros_like(cf) if d_cf is None else d_cf
-            d_sf_ = torch.zeros_like(sf) if d_sf is None else d_sf
-            accumulate(_ddf_backward(go, x, d_cf_, d_sf_, s, d, combine, [True, False, False]))
-        # A requested gradient whose tangent got no contribution has a zero tangent.
-        reference = (x, cf, sf)
-        return tuple(
-            (torch.zeros_like(reference[i]) if t is None else t) if mask[i] else None for i, t in enumerate(tangents)
-        )
+    def jvp(ctx, d_grad_output, d_input, d_channel_filter, d_spatial_filter, *_):
+        tangents = (d_grad_output, d_input, d_channel_filter, d_spatial_filter)
+        return tuple(_ddf_backward_jvp(*ctx.saved_tensors, *tangents, *ctx.attributes, ctx.output_mask))
 
     @staticmethod
     def vmap(info, in_dims, grad_output, input, channel_filter, spatial_filter, stride, dilation, combine, mask):
@@ -271,6 +192,17 @@ def _functorch_kernel(function, op):
     return kernel
 
 
+def _decomposing_kernel(op):
+    """The FuncTorchDynamicLayerFrontMode kernel of a derivative op: its C++ composite kernel
+    run directly, so that its ddf/ddf_backward calls enter the front key again and reach the
+    Functions above (functorch has no batching rule for the op itself)."""
+
+    def kernel(*args):
+        return op.decompose(*args)
+
+    return kernel
+
+
 _LIBRARY = None
 
 
@@ -289,4 +221,6 @@ def register() -> None:
         library.impl(
             "ddf_backward", _functorch_kernel(DDFBackwardFunction, _ddf_backward), "FuncTorchDynamicLayerFrontMode"
         )
+    for op in _DERIVATIVE_OPS:
+        library.impl(op._schema.name.split("::")[1], _decomposing_kernel(op), "FuncTorchDynamicLayerFrontMode")
     _LIBRARY = library
