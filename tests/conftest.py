@@ -1,6 +1,7 @@
 """Shared fixtures and input builders for the ddf op tests."""
 
 import contextlib
+import importlib
 import os
 import warnings
 
@@ -27,6 +28,26 @@ def with_marks(marks):
 
 
 requires_cuda = with_marks(CUDA_MARKS)
+
+# Test dependencies (the Makefile's TEST_DEPS: expecttest, timm, torchvision, onnx, ...). A
+# machine without one (the GPU machine, a user's environment) skips the tests that need it,
+# visibly; `make test` and `make test-fast` install them all and set DDF_REQUIRE_TEST_DEPS=1,
+# where a dependency that fails to import is an error: there a skip would report a broken
+# install (or a broken import inside the dependency) as a pass.
+REQUIRE_TEST_DEPS = os.environ.get("DDF_REQUIRE_TEST_DEPS") == "1"
+
+
+def import_test_dependency(name: str):
+    """pytest.importorskip(name), or a plain import (ImportError fails) under DDF_REQUIRE_TEST_DEPS=1."""
+    if REQUIRE_TEST_DEPS:
+        return importlib.import_module(name)
+    return pytest.importorskip(name)
+
+
+def require_test_capability(available: bool, reason: str):
+    """skipif(not available) for a capability of the installed test dependencies (not of the
+    hardware): under DDF_REQUIRE_TEST_DEPS=1 the tests run, and fail, instead of skipping."""
+    return pytest.mark.skipif(not available and not REQUIRE_TEST_DEPS, reason=reason)
 
 
 
