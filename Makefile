@@ -1,6 +1,8 @@
 # make test   - on a fresh machine: .venv, torch==2.14.1 + test deps, build (CUDA kernels
 #               too when nvcc and a CUDA torch are there), the CMake/libtorch build and its
-#               C++ test, then pytest.
+#               C++ test, then pytest: every test.
+# make test-fast - the same set-up without the CMake build, then the kernel-level tests only
+#               (below): a few minutes, for the edit-build-test loop. CI runs `make test`.
 # make demo   - the same set-up, then `python -m ddf_ops`.
 # make gpu-check - on a GPU machine with torch installed (no internet): build, CUDA tests,
 #               GPU benchmark, all into gpu-check.log.
@@ -16,8 +18,9 @@ PY := $(VENV)/bin/python
 TORCH_VERSION := 2.14.1
 # Test-only: hypothesis (property tests), timm (the registry entry points), torchvision
 # (FX feature extraction), onnx/onnxscript/onnxruntime (the ONNX export check), matplotlib
-# (the benchmark plot). None is needed to use ddf_ops.
-TEST_DEPS := ninja pytest expecttest hypothesis timm==1.0.29 torchvision==0.29.1 \
+# (the benchmark plot), pytest-timeout (a deadlocked test fails instead of hanging: the limits
+# are in pyproject.toml). None is needed to use ddf_ops.
+TEST_DEPS := ninja pytest pytest-timeout==2.4.0 expecttest hypothesis timm==1.0.29 torchvision==0.29.1 \
 	onnx==1.23.2 onnxscript==0.7.2 onnxruntime==1.32.0 matplotlib==3.11.2
 PYTEST_ARGS ?=
 export MAX_JOBS ?= 2
@@ -31,7 +34,7 @@ endif
 
 CMAKE_BUILD_DIR := build/cmake
 
-.PHONY: test demo build cmake-build cmake-test cuda-emulation cpp-example bench gpu-check clean
+.PHONY: test test-fast demo build cmake-build cmake-test cuda-emulation cpp-example bench gpu-check clean
 
 # The stamp depends on this file, so a change to TEST_DEPS reinstalls.
 $(VENV)/.installed: Makefile
@@ -58,13 +61,39 @@ cmake-test: cmake-build
 # The pytest suite loads the emulated CUDA ops from the CMake build; with this set, a
 # missing one is an error instead of a (visible) skip.
 REQUIRE_EMULATION := DDF_REQUIRE_CUDA_EMULATION=1
+# Every test dependency was installed above: one that fails to import is an error, not a skip
+# (tests/conftest.py, import_test_dependency).
+REQUIRE_TEST_DEPS := DDF_REQUIRE_TEST_DEPS=1
+# pytest-timeout loaded by name: without it pytest would take the limits in pyproject.toml
+# as unknown options, warn, and let a deadlock hang.
+PYTEST := $(PY) -m pytest -p timeout
 
 cuda-emulation: build cmake-build
 	ctest --test-dir $(CMAKE_BUILD_DIR) --output-on-failure -j $(MAX_JOBS) -L cuda_emulation
-	$(REQUIRE_EMULATION) $(PY) -m pytest tests -m cuda_emulation $(PYTEST_ARGS)
+	$(REQUIRE_EMULATION) $(REQUIRE_TEST_DEPS) $(PYTEST) tests -m cuda_emulation $(PYTEST_ARGS)
 
 test: build cmake-test
-	$(REQUIRE_EMULATION) $(PY) -m pytest tests $(PYTEST_ARGS)
+	$(REQUIRE_EMULATION) $(REQUIRE_TEST_DEPS) $(PYTEST) tests $(PYTEST_ARGS)
+
+# make test-fast - the kernel-level tests: the CPU kernels against the float64 reference and
+#               the other oracles (tests/test_oracles.py), gradients and double backward,
+#               non-finite and hostile inputs, bad inputs, opcheck, fuzzing, torch.func.
+#               Under 5 minutes on 2 quiet cores; no CMake build. It leaves out, by the
+#               markers of pyproject.toml:
+#   slow            the > 2^31-element test (9 GB, a minute) and the full-Jacobian
+#                   gradgradchecks (a minute each; the double backward stays, checked on
+#                   the backward op);
+#   cuda_emulation  the CUDA kernels under the host emulator: they need the CMake build and
+#                   take seconds per call (`make cuda-emulation` runs them alone);
+#   integration     compile, export/AOTInductor, ONNX, timm, torchvision, distributed, the
+#                   demo, models, the library in fresh processes, the benchmark plot: not the
+#                   kernels, and seconds to minutes each;
+#   forced_isa      tests/test_isas.py, the ISA-dependent tests again with AVX2 and the
+#                   baseline forced: this run tests the machine's own ISA.
+# The C++ tests (ctest) need the CMake build too, and stay with `make test`.
+FAST_SELECTION := not slow and not cuda_emulation and not integration and not forced_isa
+test-fast: build
+	$(REQUIRE_TEST_DEPS) $(PYTEST) tests -m "$(FAST_SELECTION)" $(PYTEST_ARGS)
 
 demo: build
 	$(PY) -m ddf_ops $(DEMO_ARGS)
@@ -105,7 +134,8 @@ cuda-resources: build
 #               Python op tests against that library (libasan/libubsan preloaded into Python,
 #               leak checks off: CPython's own allocations are not freed at exit).
 SANITIZE_DIR := build/sanitize
-# Every CPU op test file (CI runs them all: a few minutes).
+# Every CPU op test file (CI runs them all: a few minutes). AddressSanitizer runs them a few
+# times slower: a per-test limit of 30 minutes instead of pyproject's 10.
 SANITIZE_TESTS ?= tests/test_forward.py tests/test_head_kernel.py tests/test_backward.py tests/test_hostile_inputs.py tests/test_bad_inputs.py \
 	tests/test_fuzz.py tests/test_channels_vectorized.py
 # Python with the sanitizer runtimes preloaded and the sanitized library in place of ddf_ops/_C.
@@ -121,7 +151,7 @@ sanitize: $(VENV)/.installed
 	ctest --test-dir $(SANITIZE_DIR) --output-on-failure
 	$(SANITIZED_PY) -c 'import ddf_ops; p = ddf_ops.library_path(); \
 	  assert p.endswith("$(SANITIZE_DIR)/libddf_ops.so"), p; print("ops from", p)'
-	$(SANITIZED_PY) -m pytest $(SANITIZE_TESTS) -k "not cuda_emulated" -p no:cacheprovider -q $(PYTEST_ARGS)
+	$(SANITIZED_PY) -m pytest -p timeout --timeout=1800 $(SANITIZE_TESTS) -k "not cuda_emulated" -p no:cacheprovider -q $(PYTEST_ARGS)
 
 # make cross-aarch64 - compiles the library's C++ sources (CPU kernels, checks, meta,
 #               autograd, autocast) for aarch64 with a cross compiler (Debian's

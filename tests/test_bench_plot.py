@@ -8,6 +8,8 @@ import pytest
 from benchmarks import plot
 from conftest import import_test_dependency
 
+pytestmark = pytest.mark.integration  # the benchmark plot, not the kernels (test-fast leaves it out)
+
 SHAPES = ["64@56²", "128@28²", "256@14²"]
 FWD = [
     {plot.OURS: 1.0, "depthwise conv": 2.0, "reference (eager)": 10.0},

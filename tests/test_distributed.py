@@ -26,9 +26,10 @@ SCRIPT = os.path.join(ROOT, "examples", "train_ddp.py")
 ARGS = ["--dtype", "float64", "--image-size", "32", "--global-batch", "4", "--steps", "3", "--bn", "frozen"]
 WORLD_SIZE = 2
 
-pytestmark = require_test_capability(
-    dist.is_available() and dist.is_gloo_available(), reason="torch.distributed with gloo not available"
-)
+pytestmark = [
+    pytest.mark.integration,  # training in subprocesses, not the kernels (test-fast leaves it out)
+    require_test_capability(dist.is_available() and dist.is_gloo_available(), reason="torch.distributed with gloo not available"),
+]
 
 
 def load_example():

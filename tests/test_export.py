@@ -12,6 +12,8 @@ from torch.export import Dim
 import ddf_ops
 from conftest import import_test_dependency, make_inputs
 
+pytestmark = pytest.mark.integration  # torch.export, AOTInductor, not the kernels (test-fast leaves it out)
+
 expecttest = import_test_dependency("expecttest")  # not on the GPU machine; CI has it
 
 

@@ -6,6 +6,8 @@ import torch
 from conftest import import_test_dependency
 from ddf_ops.models import ddf_resnet50
 
+pytestmark = pytest.mark.integration  # torchvision's FX feature extraction, not the kernels (test-fast leaves it out)
+
 
 @pytest.mark.parametrize("combine", ["mul", "add"])
 def test_create_feature_extractor_on_ddf_resnet50(combine):

@@ -20,6 +20,8 @@ import_test_dependency("onnxscript")
 ort = import_test_dependency("onnxruntime")
 import ddf_ops.onnx  # noqa: E402
 
+pytestmark = pytest.mark.integration  # the ONNX exporter and onnxruntime, not the kernels (test-fast leaves it out)
+
 # (k, stride, dilation, head, combine): an orthogonal array of 8 of the 32 combinations (the
 # columns a, b, c, a^b, a^c of the 2^3 design), so every pair of values of any two arguments
 # occurs twice. (All 32 in one graph take the exporter's optimizer about 90 s.)

@@ -12,6 +12,8 @@ from conftest import import_test_dependency
 from ddf_ops.models import ResNet
 from ddf_ops.nn import DDFPack
 
+pytestmark = pytest.mark.integration  # timm's registry, not the kernels (test-fast leaves it out)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = {
     "ddf_mul_resnet50": ("mul", 6),
