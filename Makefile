@@ -98,20 +98,20 @@ test-fast: build
 demo: build
 	$(PY) -m ddf_ops $(DEMO_ARGS)
 
-# The C++/AOTInductor example, as a libtorch user would do it: a CMake build of the library,
-# CPU-only to keep CI short (no CUDA kernels, no emulator tests, no C++ test), installed with
-# its CMake package under $(CPP_EXAMPLE_DIR)/prefix; DDF-ResNet-50 exported and compiled by
-# AOTInductor in Python (examples/cpp/export_model.py, a 2x3x64x64 input); the example built
-# against the installed package (find_package(ddf_ops)) and run: it fails unless its logits
-# match Python's eager logits.
+# The C++/AOTInductor example, as a libtorch user would do it: the library's CMake build
+# (cmake-build, the one `make test` already made: no second compile of the library, which
+# the CPU-only copy used to cost CI), installed with its CMake package under
+# $(CPP_EXAMPLE_DIR)/prefix (the library and its package only: the tests and the emulator
+# are not installed; with a CUDA build the package carries the CUDA hints, as a user's
+# would); DDF-ResNet-50 exported and compiled by AOTInductor in Python
+# (examples/cpp/export_model.py, a 2x3x64x64 input); the example built against the installed
+# package (find_package(ddf_ops)) and run on the CPU: it fails unless its logits match
+# Python's eager logits.
 CPP_EXAMPLE_DIR := build/cpp-example
 TORCH_CMAKE_PREFIX = $$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')
-cpp-example: build
-	cmake -S . -B $(CPP_EXAMPLE_DIR)/ddf_ops -G Ninja -DCMAKE_PREFIX_PATH="$(TORCH_CMAKE_PREFIX)" \
-	  -DDDF_CUDA=OFF -DDDF_CUDA_EMULATION_TESTS=OFF -DDDF_BUILD_TESTS=OFF
-	cmake --build $(CPP_EXAMPLE_DIR)/ddf_ops -j $(MAX_JOBS)
+cpp-example: build cmake-build
 	rm -rf $(CPP_EXAMPLE_DIR)/prefix
-	cmake --install $(CPP_EXAMPLE_DIR)/ddf_ops --prefix $(CURDIR)/$(CPP_EXAMPLE_DIR)/prefix
+	cmake --install $(CMAKE_BUILD_DIR) --prefix $(CURDIR)/$(CPP_EXAMPLE_DIR)/prefix
 	PYTHONPATH=$(CURDIR) $(PY) examples/cpp/export_model.py $(CPP_EXAMPLE_DIR)/model
 	cmake -S examples/cpp -B $(CPP_EXAMPLE_DIR)/example -G Ninja \
 	  -DCMAKE_PREFIX_PATH="$(CURDIR)/$(CPP_EXAMPLE_DIR)/prefix;$(TORCH_CMAKE_PREFIX)"
