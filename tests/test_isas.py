@@ -26,6 +26,7 @@ KERNEL_TESTS = [
     "tests/test_head_kernel.py",
     "tests/test_channels_vectorized.py",
     "tests/test_backward.py",
+    "tests/test_oracles.py",
     "tests/test_hostile_inputs.py",
 ]
 SELECTION = "isa and not cuda and not cuda_emulation"
