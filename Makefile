@@ -19,8 +19,8 @@ TORCH_VERSION := 2.14.1
 # Test-only: hypothesis (property tests), timm (the registry entry points), torchvision
 # (FX feature extraction), onnx/onnxscript/onnxruntime (the ONNX export check), matplotlib
 # (the benchmark plot), pytest-timeout (a deadlocked test fails instead of hanging: the limits
-# are in pyproject.toml). None is needed to use ddf_ops.
-TEST_DEPS := ninja pytest pytest-timeout==2.4.0 expecttest hypothesis timm==1.0.29 torchvision==0.29.1 \
+# are in pyproject.toml), pytest-xdist (test-fast in 2 processes). None is needed to use ddf_ops.
+TEST_DEPS := ninja pytest pytest-timeout==2.4.0 pytest-xdist==3.8.0 expecttest hypothesis timm==1.0.29 torchvision==0.29.1 \
 	onnx==1.23.2 onnxscript==0.7.2 onnxruntime==1.32.0 matplotlib==3.11.2
 PYTEST_ARGS ?=
 export MAX_JOBS ?= 2
@@ -81,8 +81,8 @@ test: build cmake-test
 #               Under 5 minutes on 2 quiet cores; no CMake build. It leaves out, by the
 #               markers of pyproject.toml:
 #   slow            the > 2^31-element test (9 GB, a minute) and the full-Jacobian
-#                   gradgradchecks (a minute each; the double backward stays, checked on
-#                   the backward op);
+#                   gradchecks (a minute each; the second and third derivatives stay,
+#                   against the reference's: test_triple_backward, test_func's hessian);
 #   cuda_emulation  the CUDA kernels under the host emulator: they need the CMake build and
 #                   take seconds per call (`make cuda-emulation` runs them alone);
 #   integration     compile, export/AOTInductor, ONNX, timm, torchvision, distributed, the
@@ -91,9 +91,12 @@ test: build cmake-test
 #   forced_isa      tests/test_isas.py, the ISA-dependent tests again with AVX2 and the
 #                   baseline forced: this run tests the machine's own ISA.
 # The C++ tests (ctest) need the CMake build too, and stay with `make test`.
+# Most of these tests are small tensors and Python (the float64 reference), one core each:
+# pytest-xdist runs them in FAST_WORKERS processes.
 FAST_SELECTION := not slow and not cuda_emulation and not integration and not forced_isa
+FAST_WORKERS ?= 2
 test-fast: build
-	$(REQUIRE_TEST_DEPS) $(PYTEST) tests -m "$(FAST_SELECTION)" $(PYTEST_ARGS)
+	$(REQUIRE_TEST_DEPS) $(PYTEST) -n $(FAST_WORKERS) tests -m "$(FAST_SELECTION)" $(PYTEST_ARGS)
 
 demo: build
 	$(PY) -m ddf_ops $(DEMO_ARGS)

@@ -66,7 +66,8 @@ def test_expanded_grad_output(device):
 
 
 # Slow: gradgradcheck builds the full Jacobian of the backward, about a minute per case on 2
-# cores; test-fast keeps the double backward through test_gradcheck_of_backward_op.
+# cores. test-fast keeps second and third derivatives against the reference's
+# (test_triple_backward here, test_hessian_matches_reference in test_func.py).
 @pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES_AND_EMULATED)
 @pytest.mark.parametrize("combine", ["mul", "add"])
@@ -81,6 +82,8 @@ def test_gradcheck(k, stride, dilation, G, combine, device):
     assert torch.autograd.gradgradcheck(fn, (x, cf, sf), fast_mode=fast)
 
 
+# Slow on the CPU (full Jacobians for 7 masks: a minute and more per combine on 2 cores).
+@pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES_AND_EMULATED)
 @pytest.mark.parametrize("combine", ["mul", "add"])
 def test_gradcheck_of_backward_op(combine, device):
