@@ -28,6 +28,7 @@ KERNEL_TESTS = [
     "tests/test_backward.py",
     "tests/test_oracles.py",
     "tests/test_hostile_inputs.py",
+    "tests/test_fuzz.py",
 ]
 SELECTION = "isa and not cuda and not cuda_emulation"
 # ATEN_CPU_CAPABILITY value -> what torch.ops.ddf._cpu_isa() reports under it.
