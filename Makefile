@@ -76,13 +76,11 @@ test: build cmake-test
 	$(REQUIRE_EMULATION) $(REQUIRE_TEST_DEPS) $(PYTEST) tests $(PYTEST_ARGS)
 
 # make test-fast - the kernel-level tests: the CPU kernels against the float64 reference and
-#               the other oracles (tests/test_oracles.py), gradients and double backward,
-#               non-finite and hostile inputs, bad inputs, opcheck, fuzzing, torch.func.
-#               Under 5 minutes on 2 quiet cores; no CMake build. It leaves out, by the
-#               markers of pyproject.toml:
-#   slow            the > 2^31-element test (9 GB, a minute) and the full-Jacobian
-#                   gradchecks (a minute each; the second and third derivatives stay,
-#                   against the reference's: test_triple_backward, test_func's hessian);
+#               the other oracles (tests/test_oracles.py), gradients, gradcheck and
+#               gradgradcheck, non-finite and hostile inputs, bad inputs, opcheck, fuzzing,
+#               torch.func. About a minute on 2 cores (61 s measured, with other jobs
+#               running); no CMake build. It leaves out, by the markers of pyproject.toml:
+#   slow            the > 2^31-element test (9 GB, a minute);
 #   cuda_emulation  the CUDA kernels under the host emulator: they need the CMake build and
 #                   take seconds per call (`make cuda-emulation` runs them alone);
 #   integration     compile, export/AOTInductor, ONNX, timm, torchvision, distributed, the
@@ -92,11 +90,15 @@ test: build cmake-test
 #                   baseline forced: this run tests the machine's own ISA.
 # The C++ tests (ctest) need the CMake build too, and stay with `make test`.
 # Most of these tests are small tensors and Python (the float64 reference), one core each:
-# pytest-xdist runs them in FAST_WORKERS processes.
+# pytest-xdist runs them in FAST_WORKERS processes, one thread each (OMP_NUM_THREADS=1): two
+# workers of two OpenMP threads on two cores made the gradchecks, thousands of small
+# parallel regions, up to 30 times slower (measured). The kernels' work split across threads
+# is then tested here by the thread-count determinism tests, which set their own counts;
+# `make test` runs everything with torch's default threads.
 FAST_SELECTION := not slow and not cuda_emulation and not integration and not forced_isa
 FAST_WORKERS ?= 2
 test-fast: build
-	$(REQUIRE_TEST_DEPS) $(PYTEST) -n $(FAST_WORKERS) tests -m "$(FAST_SELECTION)" $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(REQUIRE_TEST_DEPS) $(PYTEST) -n $(FAST_WORKERS) tests -m "$(FAST_SELECTION)" $(PYTEST_ARGS)
 
 demo: build
 	$(PY) -m ddf_ops $(DEMO_ARGS)

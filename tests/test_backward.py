@@ -65,11 +65,9 @@ def test_expanded_grad_output(device):
         torch.testing.assert_close(t.grad, e)
 
 
-# Slow: gradgradcheck builds the full Jacobian of the backward, about a minute per case on 2
-# cores. test-fast keeps second and third derivatives against the reference's
-# (test_triple_backward here, test_hessian_matches_reference in test_func.py). Measured up
-# to 296 s for one case on a busy machine: a longer limit than pyproject's 600 s.
-@pytest.mark.slow
+# Full Jacobians: 1 to 10 s per case on 2 quiet cores, but thousands of small op calls, which
+# slow down badly on busy cores (up to 296 s for one case, measured on a shared machine): a
+# longer limit than pyproject's 600 s.
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("device", DEVICES_AND_EMULATED)
 @pytest.mark.parametrize("combine", ["mul", "add"])
@@ -84,8 +82,6 @@ def test_gradcheck(k, stride, dilation, G, combine, device):
     assert torch.autograd.gradgradcheck(fn, (x, cf, sf), fast_mode=fast)
 
 
-# Slow on the CPU (full Jacobians for 7 masks: a minute and more per combine on 2 cores).
-@pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES_AND_EMULATED)
 @pytest.mark.parametrize("combine", ["mul", "add"])
 def test_gradcheck_of_backward_op(combine, device):

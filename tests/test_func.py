@@ -92,9 +92,6 @@ def test_hessian_matches_reference(k, G, stride, dilation, combine):
     torch.testing.assert_close(got, expected, **TOL)
 
 
-# Slow (full Jacobians, forward and reverse: up to a minute per case on 2 cores); test-fast
-# keeps the transforms against the reference's (test_transform_matches_reference, hessian).
-@pytest.mark.slow
 @pytest.mark.parametrize("combine", ["mul", "add"])
 @pytest.mark.parametrize("k,G,stride,dilation", CONFIGS, ids=CONFIG_IDS)
 def test_gradcheck_forward_and_backward_ad(k, G, stride, dilation, combine):
