@@ -1,6 +1,8 @@
 # make test   - on a fresh machine: .venv, torch==2.14.1 + test deps, build (CUDA kernels
 #               too when nvcc and a CUDA torch are there), the CMake/libtorch build and its
-#               C++ test, then pytest.
+#               C++ test, then pytest: every test.
+# make test-fast - the same set-up without the CMake build, then the kernel-level tests only
+#               (below): a few minutes, for the edit-build-test loop. CI runs `make test`.
 # make demo   - the same set-up, then `python -m ddf_ops`.
 # make gpu-check - on a GPU machine with torch installed (no internet): build, CUDA tests,
 #               GPU benchmark, all into gpu-check.log.
@@ -16,8 +18,9 @@ PY := $(VENV)/bin/python
 TORCH_VERSION := 2.14.1
 # Test-only: hypothesis (property tests), timm (the registry entry points), torchvision
 # (FX feature extraction), onnx/onnxscript/onnxruntime (the ONNX export check), matplotlib
-# (the benchmark plot). None is needed to use ddf_ops.
-TEST_DEPS := ninja pytest expecttest hypothesis timm==1.0.29 torchvision==0.29.1 \
+# (the benchmark plot), pytest-timeout (a deadlocked test fails instead of hanging: the limits
+# are in pyproject.toml), pytest-xdist (test-fast in 2 processes). None is needed to use ddf_ops.
+TEST_DEPS := ninja pytest pytest-timeout==2.4.0 pytest-xdist==3.8.0 expecttest hypothesis timm==1.0.29 torchvision==0.29.1 \
 	onnx==1.23.2 onnxscript==0.7.2 onnxruntime==1.32.0 matplotlib==3.11.2
 PYTEST_ARGS ?=
 export MAX_JOBS ?= 2
@@ -31,7 +34,7 @@ endif
 
 CMAKE_BUILD_DIR := build/cmake
 
-.PHONY: test demo build cmake-build cmake-test cuda-emulation cpp-example bench gpu-check clean
+.PHONY: test test-fast demo build cmake-build cmake-test cuda-emulation cpp-example bench gpu-check clean
 
 # The stamp depends on this file, so a change to TEST_DEPS reinstalls.
 $(VENV)/.installed: Makefile
@@ -58,31 +61,62 @@ cmake-test: cmake-build
 # The pytest suite loads the emulated CUDA ops from the CMake build; with this set, a
 # missing one is an error instead of a (visible) skip.
 REQUIRE_EMULATION := DDF_REQUIRE_CUDA_EMULATION=1
+# Every test dependency was installed above: one that fails to import is an error, not a skip
+# (tests/conftest.py, import_test_dependency).
+REQUIRE_TEST_DEPS := DDF_REQUIRE_TEST_DEPS=1
+# pytest-timeout loaded by name: without it pytest would take the limits in pyproject.toml
+# as unknown options, warn, and let a deadlock hang.
+PYTEST := $(PY) -m pytest -p timeout
 
 cuda-emulation: build cmake-build
 	ctest --test-dir $(CMAKE_BUILD_DIR) --output-on-failure -j $(MAX_JOBS) -L cuda_emulation
-	$(REQUIRE_EMULATION) $(PY) -m pytest tests -m cuda_emulation $(PYTEST_ARGS)
+	$(REQUIRE_EMULATION) $(REQUIRE_TEST_DEPS) $(PYTEST) tests -m cuda_emulation $(PYTEST_ARGS)
 
 test: build cmake-test
-	$(REQUIRE_EMULATION) $(PY) -m pytest tests $(PYTEST_ARGS)
+	$(REQUIRE_EMULATION) $(REQUIRE_TEST_DEPS) $(PYTEST) tests $(PYTEST_ARGS)
+
+# make test-fast - the kernel-level tests: the CPU kernels against the float64 reference and
+#               the other oracles (tests/test_oracles.py), gradients, gradcheck and
+#               gradgradcheck, non-finite and hostile inputs, bad inputs, opcheck, fuzzing,
+#               torch.func. About a minute on 2 cores (61 s measured, with other jobs
+#               running); no CMake build. It leaves out, by the markers of pyproject.toml:
+#   slow            the > 2^31-element test (9 GB, a minute);
+#   cuda_emulation  the CUDA kernels under the host emulator: they need the CMake build and
+#                   take seconds per call (`make cuda-emulation` runs them alone);
+#   integration     compile, export/AOTInductor, ONNX, timm, torchvision, distributed, the
+#                   demo, models, the library in fresh processes, the benchmark plot: not the
+#                   kernels, and seconds to minutes each;
+#   forced_isa      tests/test_isas.py, the ISA-dependent tests again with AVX2 and the
+#                   baseline forced: this run tests the machine's own ISA.
+# The C++ tests (ctest) need the CMake build too, and stay with `make test`.
+# Most of these tests are small tensors and Python (the float64 reference), one core each:
+# pytest-xdist runs them in FAST_WORKERS processes, one thread each (OMP_NUM_THREADS=1): two
+# workers of two OpenMP threads on two cores made the gradchecks, thousands of small
+# parallel regions, up to 30 times slower (measured). The kernels' work split across threads
+# is then tested here by the thread-count determinism tests, which set their own counts;
+# `make test` runs everything with torch's default threads.
+FAST_SELECTION := not slow and not cuda_emulation and not integration and not forced_isa
+FAST_WORKERS ?= 2
+test-fast: build
+	OMP_NUM_THREADS=1 $(REQUIRE_TEST_DEPS) $(PYTEST) -n $(FAST_WORKERS) tests -m "$(FAST_SELECTION)" $(PYTEST_ARGS)
 
 demo: build
 	$(PY) -m ddf_ops $(DEMO_ARGS)
 
-# The C++/AOTInductor example, as a libtorch user would do it: a CMake build of the library,
-# CPU-only to keep CI short (no CUDA kernels, no emulator tests, no C++ test), installed with
-# its CMake package under $(CPP_EXAMPLE_DIR)/prefix; DDF-ResNet-50 exported and compiled by
-# AOTInductor in Python (examples/cpp/export_model.py, a 2x3x64x64 input); the example built
-# against the installed package (find_package(ddf_ops)) and run: it fails unless its logits
-# match Python's eager logits.
+# The C++/AOTInductor example, as a libtorch user would do it: the library's CMake build
+# (cmake-build, the one `make test` already made: no second compile of the library, which
+# the CPU-only copy used to cost CI), installed with its CMake package under
+# $(CPP_EXAMPLE_DIR)/prefix (the library and its package only: the tests and the emulator
+# are not installed; with a CUDA build the package carries the CUDA hints, as a user's
+# would); DDF-ResNet-50 exported and compiled by AOTInductor in Python
+# (examples/cpp/export_model.py, a 2x3x64x64 input); the example built against the installed
+# package (find_package(ddf_ops)) and run on the CPU: it fails unless its logits match
+# Python's eager logits.
 CPP_EXAMPLE_DIR := build/cpp-example
 TORCH_CMAKE_PREFIX = $$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')
-cpp-example: build
-	cmake -S . -B $(CPP_EXAMPLE_DIR)/ddf_ops -G Ninja -DCMAKE_PREFIX_PATH="$(TORCH_CMAKE_PREFIX)" \
-	  -DDDF_CUDA=OFF -DDDF_CUDA_EMULATION_TESTS=OFF -DDDF_BUILD_TESTS=OFF
-	cmake --build $(CPP_EXAMPLE_DIR)/ddf_ops -j $(MAX_JOBS)
+cpp-example: build cmake-build
 	rm -rf $(CPP_EXAMPLE_DIR)/prefix
-	cmake --install $(CPP_EXAMPLE_DIR)/ddf_ops --prefix $(CURDIR)/$(CPP_EXAMPLE_DIR)/prefix
+	cmake --install $(CMAKE_BUILD_DIR) --prefix $(CURDIR)/$(CPP_EXAMPLE_DIR)/prefix
 	PYTHONPATH=$(CURDIR) $(PY) examples/cpp/export_model.py $(CPP_EXAMPLE_DIR)/model
 	cmake -S examples/cpp -B $(CPP_EXAMPLE_DIR)/example -G Ninja \
 	  -DCMAKE_PREFIX_PATH="$(CURDIR)/$(CPP_EXAMPLE_DIR)/prefix;$(TORCH_CMAKE_PREFIX)"
@@ -106,7 +140,8 @@ cuda-resources: build
 #               Python op tests against that library (libasan/libubsan preloaded into Python,
 #               leak checks off: CPython's own allocations are not freed at exit).
 SANITIZE_DIR := build/sanitize
-# Every CPU op test file (CI runs them all: a few minutes).
+# Every CPU op test file (CI runs them all: a few minutes). AddressSanitizer runs them a few
+# times slower: a per-test limit of 30 minutes instead of pyproject's 10.
 SANITIZE_TESTS ?= tests/test_forward.py tests/test_head_kernel.py tests/test_backward.py tests/test_hostile_inputs.py tests/test_bad_inputs.py \
 	tests/test_fuzz.py tests/test_channels_vectorized.py
 # Python with the sanitizer runtimes preloaded and the sanitized library in place of ddf_ops/_C.
@@ -122,7 +157,7 @@ sanitize: $(VENV)/.installed
 	ctest --test-dir $(SANITIZE_DIR) --output-on-failure
 	$(SANITIZED_PY) -c 'import ddf_ops; p = ddf_ops.library_path(); \
 	  assert p.endswith("$(SANITIZE_DIR)/libddf_ops.so"), p; print("ops from", p)'
-	$(SANITIZED_PY) -m pytest $(SANITIZE_TESTS) -k "not cuda_emulated" -p no:cacheprovider -q $(PYTEST_ARGS)
+	$(SANITIZED_PY) -m pytest -p timeout --timeout=1800 $(SANITIZE_TESTS) -k "not cuda_emulated" -p no:cacheprovider -q $(PYTEST_ARGS)
 
 # make cross-aarch64 - compiles the library's C++ sources (CPU kernels, checks, meta,
 #               autograd, autocast) for aarch64 with a cross compiler (Debian's

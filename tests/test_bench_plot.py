@@ -6,6 +6,9 @@ import sys
 import pytest
 
 from benchmarks import plot
+from conftest import import_test_dependency
+
+pytestmark = pytest.mark.integration  # the benchmark plot, not the kernels (test-fast leaves it out)
 
 SHAPES = ["64@56²", "128@28²", "256@14²"]
 FWD = [
@@ -24,7 +27,7 @@ def png_size(path):
 
 
 def test_writes_a_png(tmp_path):
-    mpimg = pytest.importorskip("matplotlib.image")
+    mpimg = import_test_dependency("matplotlib.image")
     path = tmp_path / "ratios.png"
     assert plot.plot_ratios(SHAPES, FWD, FWD_BWD, str(path), title="synthetic") == str(path)
     width, height = png_size(path)
@@ -48,7 +51,7 @@ def test_markdown_tables_round_trip():
 
 
 def test_table_without_ours_is_rejected(tmp_path):
-    pytest.importorskip("matplotlib")
+    import_test_dependency("matplotlib")
     bad = [{k: v for k, v in row.items() if k != plot.OURS} for row in FWD]
     with pytest.raises(ValueError, match="ours"):
         plot.plot_ratios(SHAPES, bad, FWD_BWD, str(tmp_path / "x.png"))

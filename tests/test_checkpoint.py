@@ -8,6 +8,8 @@ import torch
 
 from ddf_ops.models import ddf_resnet, load_official_checkpoint
 
+pytestmark = pytest.mark.integration  # checkpoint loading of the models, not the kernels (test-fast leaves it out)
+
 LAYERS = (1, 1, 1, 1)  # the smallest DDF-ResNet: the same module names, fast to build
 
 

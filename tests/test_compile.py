@@ -7,6 +7,8 @@ import torch._dynamo
 import ddf_ops
 from conftest import DEVICES, make_inputs, reference_grads
 
+pytestmark = pytest.mark.integration  # torch.compile (Inductor), not the kernels (test-fast leaves it out)
+
 # Sizes chosen so that no two dimensions coincide (duck sizing would otherwise tie them).
 SIZES = [(2, 11, 13), (3, 17, 14), (5, 23, 19)]
 

@@ -8,6 +8,8 @@ import pytest
 
 from ddf_ops.demo import parse_args
 
+pytestmark = pytest.mark.integration  # the demo, in subprocesses, not the kernels (test-fast leaves it out)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A one-bottleneck-per-stage ResNet at an odd image size: every part runs, in well under a
 # minute once torch.compile's cache is warm (about one minute cold on 2 cores).

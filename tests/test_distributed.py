@@ -19,16 +19,17 @@ import torch.distributed as dist
 from torch import nn
 
 import ddf_ops
-from conftest import ROOT
+from conftest import ROOT, require_test_capability
 
 SCRIPT = os.path.join(ROOT, "examples", "train_ddp.py")
 # A DDF-ResNet with one bottleneck per stage, 3 SGD steps (momentum) on 4 images of 32x32.
 ARGS = ["--dtype", "float64", "--image-size", "32", "--global-batch", "4", "--steps", "3", "--bn", "frozen"]
 WORLD_SIZE = 2
 
-pytestmark = pytest.mark.skipif(
-    not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with gloo not available"
-)
+pytestmark = [
+    pytest.mark.integration,  # training in subprocesses, not the kernels (test-fast leaves it out)
+    require_test_capability(dist.is_available() and dist.is_gloo_available(), reason="torch.distributed with gloo not available"),
+]
 
 
 def load_example():

@@ -6,13 +6,15 @@ import tempfile
 import textwrap
 
 import pytest
-
-expecttest = pytest.importorskip("expecttest")  # not on the GPU machine; CI has it
 import torch
 from torch.export import Dim
 
 import ddf_ops
-from conftest import make_inputs
+from conftest import import_test_dependency, make_inputs
+
+pytestmark = pytest.mark.integration  # torch.export, AOTInductor, not the kernels (test-fast leaves it out)
+
+expecttest = import_test_dependency("expecttest")  # not on the GPU machine; CI has it
 
 
 class DDFModule(torch.nn.Module):

@@ -3,12 +3,15 @@
 import pytest
 import torch
 
+from conftest import import_test_dependency
 from ddf_ops.models import ddf_resnet50
+
+pytestmark = pytest.mark.integration  # torchvision's FX feature extraction, not the kernels (test-fast leaves it out)
 
 
 @pytest.mark.parametrize("combine", ["mul", "add"])
 def test_create_feature_extractor_on_ddf_resnet50(combine):
-    feature_extraction = pytest.importorskip("torchvision.models.feature_extraction")
+    feature_extraction = import_test_dependency("torchvision.models.feature_extraction")
     torch.manual_seed(0)
     # zero_init_last=False: every residual branch, and so every DDF layer, shows in the features.
     model = ddf_resnet50(combine, zero_init_last=False).eval()

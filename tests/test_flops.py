@@ -8,6 +8,8 @@ import ddf_ops
 from ddf_ops.models import count_flops, ddf_resnet50, ddf_resnet101, resnet50, resnet101
 from ddf_ops.nn import DDFPack
 
+pytestmark = pytest.mark.integration  # FLOP counting of the op and the models, not the kernels (test-fast leaves it out)
+
 DDF = torch.ops.ddf.ddf
 DDF_BACKWARD = torch.ops.ddf.ddf_backward
 

@@ -15,6 +15,7 @@ def heads_for(C):
     return sorted({1, 2, C})
 
 
+@pytest.mark.isa
 @pytest.mark.parametrize("device", DEVICES_AND_EMULATED)
 @pytest.mark.parametrize("combine", ["mul", "add"])
 @pytest.mark.parametrize("dilation", [1, 2, 3])
@@ -30,6 +31,7 @@ def test_matches_reference_float64(k, stride, dilation, combine, device):
         torch.testing.assert_close(out, expected, **TOLERANCES[torch.float64], msg=f"H={H} W={W} G={G}")
 
 
+@pytest.mark.isa
 @pytest.mark.parametrize("device", DEVICES_AND_EMULATED)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("combine", ["mul", "add"])
@@ -43,6 +45,7 @@ def test_reduced_precision_dtypes(dtype, combine, device):
         torch.testing.assert_close(out.double(), expected, **TOLERANCES[dtype])
 
 
+@pytest.mark.isa
 @pytest.mark.parametrize("device", DEVICES_AND_EMULATED)
 @pytest.mark.parametrize("layout", ["channels_last", "sliced", "expanded"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
@@ -73,6 +76,7 @@ def test_empty(shape, device):
     assert out.shape == (B, C, out_size(H, 2), out_size(W, 2))
 
 
+@pytest.mark.isa
 @pytest.mark.parametrize("device", DEVICES_AND_EMULATED)
 def test_special_cases_of_the_op(device):
     """cf = 1 ("mul") / 0 ("add") is a pure spatial (involution-like) filter; sf = 1 / 0 a
@@ -88,6 +92,7 @@ def test_special_cases_of_the_op(device):
     torch.testing.assert_close(ddf_ops.ddf(x, torch.zeros_like(cf), sf, combine="add"), spatial_only)
 
 
+@pytest.mark.isa
 def test_deterministic_across_runs_and_threads():
     x, cf, sf = make_inputs(2, 8, 31, 29, 5, 2, 2, dtype=torch.float32)
     first = ddf_ops.ddf(x, cf, sf, 2, 2)

@@ -153,6 +153,7 @@ def plant(t, gen, count):
         flat[i] = [float("inf"), float("-inf"), float("nan")][n % 3]
 
 
+@pytest.mark.isa
 @pytest.mark.parametrize("case", range(len(NONFINITE_CASES)))
 def test_nonfinite_values_reach_exactly_what_depends_on_them(case):
     k, s, d, G, combine = NONFINITE_CASES[case]
@@ -170,6 +171,7 @@ def test_nonfinite_values_reach_exactly_what_depends_on_them(case):
     check_against_inside_taps(x, cf, sf, s, d, combine, seed=case)
 
 
+@pytest.mark.isa
 def test_inf_in_the_last_column_stays_out_of_unrelated_channel_filter_gradients():
     # The repro: grad_channel_filter[..., 0] was NaN (0 * inf at a padding column).
     x = torch.randn(1, 1, 4, 5, dtype=torch.float64)
@@ -179,6 +181,7 @@ def test_inf_in_the_last_column_stays_out_of_unrelated_channel_filter_gradients(
     assert g[..., 0].isfinite().all(), g
 
 
+@pytest.mark.isa
 @pytest.mark.parametrize("device", DEVICES_AND_EMULATED)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_nonfinite_float32_and_devices(device, dtype):
@@ -202,6 +205,7 @@ def test_nonfinite_float32_and_devices(device, dtype):
         torch.testing.assert_close(a[b.isfinite()], b[b.isfinite()], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.isa
 def test_finite_overflow_at_a_padding_tap_is_not_nan():
     # cf * sf overflows float32 at a tap outside the image: the flat kernel's 0 * inf there
     # must not reach the output (the output pixel's inside taps are finite).
@@ -236,6 +240,7 @@ def test_unbacked_size_traces_under_fake_tensors(dim):
         assert out.shape == x.shape
 
 
+@pytest.mark.integration  # torch.compile
 def test_unbacked_width_compiles_fullgraph():
     def f(x, cf, sf, n):
         w = n.item()
@@ -270,6 +275,7 @@ def test_none_names_the_argument(position):
         torch.ops.ddf.ddf_backward(None, *[torch.randn(1, 1, 3, 3)] * 2, torch.randn(1, 9, 3, 3), 1, 1, "mul", [True] * 3)
 
 
+@pytest.mark.isa
 @pytest.mark.parametrize("size", [(16, 16), (14, 15), (30, 9)])
 def test_nonfinite_neighbours_in_memory_do_not_leak_into_a_view(size):
     # The stride-1 forward reads a contiguous image in place, past its rows into the

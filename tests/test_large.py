@@ -11,6 +11,7 @@ import ddf_ops
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a minute on 2 quiet cores; pyproject's 600 s would be tight on busy ones
 def test_more_than_2_31_elements_in_one_plane():
     # One 46341 x 46341 plane: rows past 46340 start beyond element 2^31, so a 32-bit
     # offset (iy * W + ix) would wrap. Stride 3 keeps the spatial filter as big as the input.

@@ -11,6 +11,8 @@ import torch
 
 import ddf_ops
 
+pytestmark = pytest.mark.integration  # the library loaded alone in fresh processes, not the kernels (test-fast leaves it out)
+
 LIBRARY_ONLY_SCRIPT = textwrap.dedent(
     """
     import sys

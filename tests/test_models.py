@@ -15,6 +15,8 @@ from ddf_ops.models import (
 )
 from ddf_ops.nn import DDFPack
 
+pytestmark = pytest.mark.integration  # the models, not the kernels (test-fast leaves it out)
+
 STAGES = {"layer1": (64, 3, 1), "layer2": (128, 4, 2), "layer3": (256, 6, 2), "layer4": (512, 3, 2)}
 
 

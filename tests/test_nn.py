@@ -287,6 +287,7 @@ def test_ddf_up_pack_bad_arguments(kwargs, message):
 # ---- torch.compile and torch.export ------------------------------------------------------
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("dynamic", [False, True])
 def test_ddf_pack_compiles_fullgraph_forward_and_backward(dynamic):
     # (With dynamic=True a new image size may still recompile: torch's fake CPU convolution
@@ -303,12 +304,14 @@ def test_ddf_pack_compiles_fullgraph_forward_and_backward(dynamic):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.integration
 def test_ddf_up_pack_compiles_fullgraph():
     m = DDFUpPack(8, head=2, joint_channels=4)
     x, joint_x = torch.randn(2, 8, 5, 7), torch.randn(2, 4, 5, 7)
     torch.testing.assert_close(torch.compile(m, fullgraph=True)(x, joint_x), m(x, joint_x), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "module, inputs, other_inputs",
     [
@@ -331,6 +334,7 @@ def test_modules_export_with_dynamic_batch_and_size(module, inputs, other_inputs
     torch.testing.assert_close(program.module()(*other_inputs), module(*other_inputs))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("stride", [1, 2])
 def test_ddf_pack_dynamic_shapes_inference_compiles_once(stride):
     """Inference over three batch and image sizes: one compilation. Two PyTorch behaviours

@@ -13,12 +13,14 @@ import torch
 from torch import nn
 
 import ddf_ops
-from conftest import ROOT
+from conftest import ROOT, import_test_dependency
 
-onnx = pytest.importorskip("onnx")
-pytest.importorskip("onnxscript")
-ort = pytest.importorskip("onnxruntime")
+onnx = import_test_dependency("onnx")
+import_test_dependency("onnxscript")
+ort = import_test_dependency("onnxruntime")
 import ddf_ops.onnx  # noqa: E402
+
+pytestmark = pytest.mark.integration  # the ONNX exporter and onnxruntime, not the kernels (test-fast leaves it out)
 
 # (k, stride, dilation, head, combine): an orthogonal array of 8 of the 32 combinations (the
 # columns a, b, c, a^b, a^c of the 2^3 design), so every pair of values of any two arguments

@@ -8,8 +8,11 @@ import textwrap
 import pytest
 import torch
 
+from conftest import import_test_dependency
 from ddf_ops.models import ResNet
 from ddf_ops.nn import DDFPack
+
+pytestmark = pytest.mark.integration  # timm's registry, not the kernels (test-fast leaves it out)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = {
@@ -23,7 +26,7 @@ CHANNELS, REDUCTIONS = [64, 256, 512, 1024, 2048], [2, 4, 8, 16, 32]
 
 @pytest.fixture(scope="module")
 def timm():
-    timm = pytest.importorskip("timm")
+    timm = import_test_dependency("timm")
     import ddf_ops.timm  # noqa: F401  (registers the models)
 
     return timm
