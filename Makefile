@@ -143,7 +143,7 @@ SANITIZE_DIR := build/sanitize
 # Every CPU op test file (CI runs them all: a few minutes). AddressSanitizer runs them a few
 # times slower: a per-test limit of 30 minutes instead of pyproject's 10.
 SANITIZE_TESTS ?= tests/test_forward.py tests/test_head_kernel.py tests/test_backward.py tests/test_hostile_inputs.py tests/test_bad_inputs.py \
-	tests/test_fuzz.py tests/test_channels_vectorized.py
+	tests/test_fuzz.py tests/test_channels_vectorized.py tests/test_cpu_plan.py tests/test_oracles.py
 # Python with the sanitizer runtimes preloaded and the sanitized library in place of ddf_ops/_C.
 SANITIZED_PY := ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \

@@ -56,6 +56,7 @@ def inputs(layout, B, C, H, W, k, G, stride, gen, dtype=torch.float64):
 LAYOUTS = ["nchw", "channels_last", "channels_last_x_only", "channels_last_sliced", "nchw_rows_apart", "nchw_strided_columns"]
 
 
+@pytest.mark.isa
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("combine", ["mul", "add"])
 @pytest.mark.parametrize("k,stride,dilation", [(1, 1, 1), (3, 1, 1), (3, 2, 1), (3, 1, 2), (5, 1, 1), (5, 2, 3), (7, 3, 1)])
@@ -71,6 +72,7 @@ def test_matches_reference_float64(k, stride, dilation, combine, layout):
     assert ("channels_in_place" if "channels_last" in layout else "channels_transposed") in paths, paths
 
 
+@pytest.mark.isa
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_float32_resnet_shapes(layout):
     # The widths the benchmark runs (vectors of 16 and 8 floats with nothing left over), at
@@ -91,6 +93,7 @@ def test_output_layout_follows_input(layout):
     assert out.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
 
 
+@pytest.mark.isa
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_deterministic_across_threads(layout):
     gen = torch.Generator().manual_seed(2)
@@ -105,6 +108,7 @@ def test_deterministic_across_threads(layout):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.isa
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("combine", ["mul", "add"])
 @pytest.mark.parametrize("k,stride,dilation", [(3, 1, 1), (5, 2, 1), (3, 1, 2)])
@@ -152,6 +156,7 @@ def grad_output_like(x, sf, gen):
     return go.contiguous(memory_format=torch.channels_last) if x.stride(1) == 1 else go
 
 
+@pytest.mark.isa
 @pytest.mark.parametrize("layout", BACKWARD_LAYOUTS)
 @pytest.mark.parametrize("combine", ["mul", "add"])
 @pytest.mark.parametrize("k,stride,dilation", [(1, 1, 1), (3, 1, 1), (3, 2, 1), (3, 1, 2), (5, 2, 3), (5, 3, 1), (7, 1, 1)])
@@ -173,6 +178,7 @@ def test_grads_match_reference_float64(k, stride, dilation, combine, layout):
     assert ("channels_in_place" if in_place else "channels_copied") in paths, paths
 
 
+@pytest.mark.isa
 @pytest.mark.parametrize("layout", ["channels_last", "nchw"])
 @pytest.mark.parametrize("mask", [m for m in itertools.product([False, True], repeat=3) if any(m)])
 def test_each_gradient_alone(mask, layout):
@@ -188,6 +194,7 @@ def test_each_gradient_alone(mask, layout):
             assert a is None
 
 
+@pytest.mark.isa
 @pytest.mark.parametrize("layout", ["channels_last", "nchw"])
 def test_grads_float32_resnet_shapes(layout):
     gen = torch.Generator().manual_seed(6)
@@ -202,6 +209,7 @@ def test_grads_float32_resnet_shapes(layout):
             torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4 * b.abs().max().item(), msg=f"{name} {C}@{size}")
 
 
+@pytest.mark.isa
 @pytest.mark.parametrize("layout", ["channels_last", "nchw"])
 def test_grads_deterministic_across_threads(layout):
     gen = torch.Generator().manual_seed(8)
@@ -218,6 +226,7 @@ def test_grads_deterministic_across_threads(layout):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.isa
 @pytest.mark.parametrize("layout", ["channels_last", "nchw"])
 @pytest.mark.parametrize("combine", ["mul", "add"])
 def test_grads_nonfinite_reach_exactly_what_depends_on_them(combine, layout):

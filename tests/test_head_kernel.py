@@ -42,6 +42,7 @@ def operands(gen, B, C, H, W, k, G, dtype, embedded=False):
     return x.to(dtype), rand(gen, B, C, k, k).to(dtype), rand(gen, B, G * k * k, H, W).to(dtype)
 
 
+@pytest.mark.isa
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("k,dilation", KERNELS)
 @pytest.mark.parametrize("embedded", [False, True], ids=["plain", "embedded"])
@@ -56,6 +57,7 @@ def test_matches_reference(k, dilation, dtype, embedded):
         torch.testing.assert_close(got.double(), expected, **TOLERANCES[dtype], msg=f"H={H} W={W} C/head={cph} G={G}")
 
 
+@pytest.mark.isa
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("k,dilation", [(3, 1), (5, 2)])
 def test_nonfinite_values_reach_exactly_what_depends_on_them(k, dilation, dtype):
@@ -84,6 +86,7 @@ def test_nonfinite_values_reach_exactly_what_depends_on_them(k, dilation, dtype)
         torch.testing.assert_close(got[finite], expected[finite], **TOLERANCES[dtype], msg=msg)
 
 
+@pytest.mark.isa
 def test_bitwise_identical_across_thread_counts():
     # The bands, and so which pixels fall in the main blocks and which in the remainder,
     # depend on the thread count: both must compute each output the same way.
