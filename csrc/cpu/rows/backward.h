@@ -20,6 +20,7 @@
 namespace ddf {
 namespace cpu {
 namespace rows {
+namespace {  // internal linkage: see bands.h
 
 // Backward, filter gradients. Tasks: (b, head, band of output rows), as in the forward.
 // grad_sf of the band sums over the channels of the head inside the task; grad_cf sums
@@ -257,6 +258,7 @@ void backward(const BackwardPlan& plan, const at::Tensor& grad_output, const at:
   if (plan.grad_spatial_filter_via_nchw) grad_spatial_filter.copy_(gs);
 }
 
+}  // namespace
 }  // namespace rows
 }  // namespace cpu
 }  // namespace ddf

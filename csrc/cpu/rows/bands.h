@@ -31,6 +31,10 @@
 namespace ddf {
 namespace cpu {
 namespace rows {
+// Internal linkage: this family's headers are included by ddf_cpu.cpp alone, and GCC inlines
+// functions of an unnamed namespace more readily (the baseline-ISA NCHW forward measured 3-8%
+// slower with these functions at external linkage).
+namespace {
 
 inline int64_t round_up(int64_t n, int64_t multiple) {
   return ceil_div(n, multiple) * multiple;
@@ -232,6 +236,7 @@ void tap_grads_block(int64_t cb, Args... args) {
   });
 }
 
+}  // namespace
 }  // namespace rows
 }  // namespace cpu
 }  // namespace ddf

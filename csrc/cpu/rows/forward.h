@@ -23,6 +23,7 @@
 namespace ddf {
 namespace cpu {
 namespace rows {
+namespace {  // internal linkage: see bands.h
 
 // The forward of the channels [c_begin, c_end) of task's head, band y0 .. y0 + ny, in place
 // (see head_loop.h): the channels whose reads stay inside the input's storage run there
@@ -182,6 +183,7 @@ void forward(const ForwardPlan& plan, const at::Tensor& input, const at::Tensor&
   if (plan.output_via_nchw) out.copy_(result);
 }
 
+}  // namespace
 }  // namespace rows
 }  // namespace cpu
 }  // namespace ddf
