@@ -14,7 +14,7 @@ side, on each device of DEVICES (H100 SXM, H200):
                 resident thread keeping its step's loads in flight all the time, instructions
                 counted per useful output at the peak issue rate (4 warp instructions per
                 clock per SM), no launch cost, no waves; bandwidth shares against peak DRAM.
-  conservative  per launch: LAUNCH_S + the waves of blocks (waves()), each wave's time by the
+  conservative  per launch: Gpu.launch_s + the waves of blocks (waves()), each wave's time by the
                 overlap rule (wave_time()) from one block's work: its warp instructions
                 counting every launched lane at the sustained issue rate (issue_time()), its
                 staging phases' round trips to memory (staging_rounds(): Little's law from the
@@ -23,7 +23,10 @@ side, on each device of DEVICES (H100 SXM, H200):
                 busiest SM (tail). Bandwidth shares against copy bandwidth.
 
 The issue-18 targets are judged on the conservative column (targets()); a miss prints where
-the time goes (launch, issue, DRAM, serial staging + compute, the tail). Every figure is an
+the time goes (launch, issue, DRAM, serial staging + compute, the tail). Neither column
+models: too few warps to reach the sustained issue rate, shared-memory bank conflicts, L1
+hits, or the generic kernels' grid-stride details (their conservative figure is their
+per-element SASS on every launched lane, a round trip per element). Every figure is an
 estimate from the cubin and this model; `make gpu-check` on a GPU measures the real ones
 (benchmarks/bench_gpu.py).
 """
@@ -32,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import re
 import subprocess
 import sys
@@ -498,7 +500,7 @@ class Timing:
 
 
 def launch_time(work: BlockWork, gpu: Gpu) -> Timing:
-    """LAUNCH cost + full waves + the tail, each wave by wave_time()."""
+    """The launch cost + the full waves + the tail, each wave by wave_time()."""
     issue_s = issue_time(work.warp_instr, gpu)
     block_bytes = work.dram_bytes / work.blocks
     bytes_s = block_bytes / (copy_bandwidth(gpu) / gpu.sms)
