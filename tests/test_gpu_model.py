@@ -208,6 +208,28 @@ def test_launch_cost_waves_and_tail_add_up():
     assert "3 launch" in t.describe()
 
 
+def test_a_tiled_forward_block_by_hand():
+    # The 56² forward: plan, SASS costs and loops as the sm_90 cubin of ed7a39b has them.
+    p = gm.Plan(*RESNET50_PLANS["forward", 64, 56])
+    ts = gm.TiledSass(inner=51, staging=144, step=106)
+    tl = gm.TiledLoops(staging=144, staging_row=12, filter=133, filter_loads=4, grad_output=0, grad_output_loads=0,
+                       other=0, outside=293, prologue_row=0, prologue_col=0, handoff=0)
+    work = gm.tiled_work("forward", p, ts, tl, per_sm=4, B=64, S=56, moved=1.0)
+    # 4 steps of 8 channels, 8 warps. Per step: staging trips (2 warps x 2 x 2, 6 warps x
+    # 1 x 2) of 144 plus their row loops' 12; the step's own 106 on every warp; the filter
+    # loop (2 channels a trip) on the lane's first warp; 8 channels x 51 on 8 live warps.
+    per_step = (2 * (4 * 144 + 2 * 12) + 6 * (2 * 144 + 12)) + 8 * 106 + 4 * 133 + 8 * 8 * 51
+    assert work.warp_instr == 4 * per_step + 8 * 293
+    assert work.parts["compute"] == 4 * 8 * 8 * 51
+    # Round trips: the spatial-filter taps, then 2 x 2 staging trips per step (DRAM); the
+    # channel filters one at a time (L2).
+    assert (work.dram_rounds, work.l2_rounds, work.blocks) == (1 + 4 * 4, 4 * 8, 14 * 2 * 64)
+    t = gm.launch_time(work, gm.H100_SXM)
+    assert t.issue_s == pytest.approx(work.warp_instr / (2.75 * 1.755e9))
+    assert t.memory_s == pytest.approx(17 * 700e-9 + 32 * 300e-9)
+    assert (t.full_waves, t.tail_per_sm) == (3, 2)
+
+
 def test_model_on_the_built_library(capsys):
     library = cr.default_library()
     cuobjdump = cr.find_tool("cuobjdump", "CUOBJDUMP")
