@@ -1,6 +1,7 @@
 """tools/cuda_static/gpu_model.py: its launch plans (the library's own, through
-torch.ops.ddf._cuda_tiled_plan), its SASS loop analysis, and a run on the built library (a
-CUDA build: the cubins are read, no GPU is needed)."""
+torch.ops.ddf._cuda_tiled_plan), its SASS loop analysis, each effect of the conservative
+estimate (pure functions, hand-computed cases), and a run on the built library (a CUDA build:
+the cubins are read, no GPU is needed)."""
 
 import pytest
 import torch
@@ -89,13 +90,144 @@ def test_loops_nest_and_count_their_own_instructions():
     assert (ts.inner, ts.staging, ts.step) == (4, 3, 2)
 
 
-def test_time_is_the_larger_of_memory_and_issue():
+def test_tiled_loops_on_a_kernel_without_row_loop():
+    loops = gm.tiled_loops(gm.sass_functions(SASS)["kern"], reducing=False)
+    # The staging loop is the step's own child here: no row loop, no filter loop.
+    assert (loops.staging, loops.staging_row, loops.filter, loops.outside) == (3, 0, 0, 2)
+
+
+def test_optimistic_time_is_the_larger_of_memory_and_issue():
+    # The optimistic estimate, unchanged since issue 8 (H100 figures by default).
     # Plenty of bytes in flight: memory-bound at the DRAM rate.
     assert gm.estimate_time(3.35e9, 0, 1.0, 8, 4) == pytest.approx(1e-3)
-    # No memory traffic: instruction-bound.
+    # No memory traffic: instruction-bound at the peak issue rate.
     assert gm.estimate_time(0, gm.THREAD_INSTR_PER_S, 1.0, 8, 4) == pytest.approx(1.0)
     # Few threads resident: Little's law caps the bandwidth.
     assert gm.estimate_time(3.35e9, 0, 0.01, 1, 2) > 1e-2
+    # H200: its own DRAM bandwidth.
+    assert gm.estimate_time(4.8e9, 0, 1.0, 8, 4, gpu=gm.H200) == pytest.approx(1e-3)
+
+
+# --------------------------------------------------------------------------- the conservative effects
+
+
+def test_device_parameters_are_named_once():
+    h100, h200 = gm.DEVICES["h100"], gm.DEVICES["h200"]
+    assert (h100.dram_bw, h200.dram_bw) == (3.35e12, 4.8e12)
+    for g in (h100, h200):
+        assert (g.sms, g.clock_hz, g.peak_issue, g.sustained_issue) == (132, 1.755e9, 4.0, 2.75)
+        assert (g.copy_efficiency, g.launch_s, g.arch) == (0.90, 3e-6, "sm_90")
+        assert (g.limits.max_warps_per_sm, g.limits.max_blocks_per_sm, g.limits.smem_per_sm) == (64, 32, 228 * 1024)
+    # The optimistic model's module constants are the H100's.
+    assert gm.THREAD_INSTR_PER_S == 132 * 4 * 1.755e9 * 32
+
+
+def test_bandwidth_is_measured_against_a_copy_at_90_percent_of_peak():
+    assert gm.copy_bandwidth(gm.H100_SXM) == pytest.approx(3.015e12)
+    assert gm.copy_bandwidth(gm.H200) == pytest.approx(4.32e12)
+
+
+def test_issue_at_the_sustained_rate():
+    # 2.75 warp instructions per clock at 1.755 GHz: 4.82625e9 per second per SM.
+    assert gm.issue_time(4.82625e9, gm.H100_SXM) == pytest.approx(1.0)
+    assert gm.issue_time(4.82625e9 * 132, gm.H100_SXM, sms=132) == pytest.approx(1.0)
+    # 4/2.75 = 1.45x the peak-rate time.
+    assert gm.issue_time(4e9, gm.H100_SXM) / (4e9 / (4 * 1.755e9)) == pytest.approx(4 / 2.75)
+
+
+def test_lanes_are_counted_as_launched():
+    assert [gm.launched_warps(t) for t in (1, 32, 33, 256)] == [1, 1, 2, 8]
+    # 56²: 32x8 threads per lane, two column tiles (32 + 24 columns): every warp has a pixel,
+    # the second tile's warps have 24 of 32 (28 of 32 lanes over the map) and issue for all.
+    assert gm.live_warps(32, 8, 1, 56, 56) == 8
+    # 28²: one column tile of 28 of 32 lanes, four row tiles of 8 rows: the last has 4 rows,
+    # so 4 warps of its 8 have no pixel and skip the compute: (8 + 8 + 8 + 4) / 4.
+    assert gm.live_warps(32, 8, 1, 28, 28) == 7
+    # 14²: 16x16 threads, a warp is two rows of 16 (14 of 16 columns): rows 14-15 have none.
+    assert gm.live_warps(16, 16, 1, 14, 14) == 7
+    # 7²: 8x8 threads in 4 channel lanes, a warp is four rows of 8: both warps of a lane have
+    # pixels (28 and 21 of 32 lanes: 49 of 64).
+    assert gm.live_warps(8, 8, 4, 7, 7) == 8
+
+
+def test_staging_trips_and_round_trips():
+    # The 56² forward's halo, 10 x 34, on 32 x 8 threads: rows 0-1 walk two halo rows, columns
+    # 0-1 two halo columns; thread (0, 0) waits for 2 x 2 round trips per step.
+    assert gm.staging_rounds(10, 34, 32, 8) == 4
+    assert gm.staging_trips(10, 34, 32, 8) == [(2, 2)] * 2 + [(1, 2)] * 6
+    # 7²: a 10 x 10 halo on 8 x 8 threads; a warp covers rows 0-3 (then 8-9) or 4-7.
+    assert gm.staging_rounds(10, 10, 8, 8) == 4
+    assert gm.staging_trips(10, 10, 8, 8) == [(2, 2), (1, 2)]
+
+
+def test_loads_in_flight_from_the_staging_phase_only():
+    # 256 threads with 8 four-byte loads each in flight, 700 ns: 11.7 GB/s per block.
+    assert gm.little_bandwidth(256 * 8 * 4, 700e-9) == pytest.approx(256 * 8 * 4 / 700e-9)
+    g = gm.H100_SXM
+    # Latency-bound: 4 DRAM and 8 L2 round trips, few bytes.
+    assert gm.memory_time(4, 8, 1000, g) == pytest.approx(4 * 700e-9 + 8 * 300e-9)
+    # Bandwidth-bound: a block's bytes at the SM's share of copy bandwidth (3.015e12 / 132).
+    share = 3.015e12 / 132
+    assert gm.memory_time(1, 0, share * 1e-5, g) == pytest.approx(1e-5)
+
+
+def test_the_overlap_rule():
+    # One block per SM: staging and compute alternate, nothing overlaps: the sum.
+    assert gm.wave_time(1, 2.0, 3.0, 1.0) == (5.0, "serial")
+    # Two blocks: one block's staging hides under the other's compute: the larger of the
+    # SM's issue (2 x 2) and its blocks' serial chain (2 + 3).
+    assert gm.wave_time(2, 2.0, 3.0, 1.0) == (5.0, "serial")
+    assert gm.wave_time(2, 4.0, 3.0, 1.0) == (8.0, "issue")
+    # Four blocks, each issuing 1 and waiting 2: the SM issues 4, the chain is 3.
+    assert gm.wave_time(4, 1.0, 2.0, 0.5) == (4.0, "issue")
+    # DRAM-bound: the blocks' bytes at the SM's copy share.
+    assert gm.wave_time(4, 0.5, 1.5, 1.5) == (6.0, "dram")
+
+
+def test_waves_and_the_last_waves_tail():
+    # 1792 blocks, 132 SMs x 4: three full waves of 528, then 208 blocks, 2 on the busiest SM.
+    assert gm.waves(1792, 132, 4) == (3, 2)
+    # 1024: one full wave, then 496: 4 on the busiest SM: the tail costs a full wave.
+    assert gm.waves(1024, 132, 4) == (1, 4)
+    assert gm.waves(528, 132, 4) == (1, 0)
+    assert gm.waves(100, 132, 4) == (0, 1)
+
+
+def test_launch_cost_waves_and_tail_add_up():
+    g = gm.H100_SXM
+    per_sec = 2.75 * 1.755e9
+    # 132 x 2 + 1 blocks, 2 per SM; each issues 1 µs of instructions and waits 2 µs, few bytes.
+    work = gm.BlockWork(blocks=265, threads=256, per_sm=2, warp_instr=per_sec * 1e-6, dram_rounds=0,
+                        l2_rounds=0, dram_bytes=265 * 100.0)
+    work.dram_rounds = 2e-6 / g.dram_latency_s
+    t = gm.launch_time(work, g)
+    assert (t.full_waves, t.tail_per_sm) == (1, 1)
+    assert t.wave_s == pytest.approx(3e-6) and t.wave_bound == "serial"  # max(2 x 1, 1 + 2)
+    assert t.tail_s == pytest.approx(3e-6)  # one block: the sum
+    assert t.total_s == pytest.approx(3e-6 + 3e-6 + 3e-6)  # launch + wave + tail
+    assert "3 launch" in t.describe()
+
+
+def test_a_tiled_forward_block_by_hand():
+    # The 56² forward: plan, SASS costs and loops as the sm_90 cubin of ed7a39b has them.
+    p = gm.Plan(*RESNET50_PLANS["forward", 64, 56])
+    ts = gm.TiledSass(inner=51, staging=144, step=106)
+    tl = gm.TiledLoops(staging=144, staging_row=12, filter=133, filter_loads=4, grad_output=0, grad_output_loads=0,
+                       other=0, outside=293, prologue_row=0, prologue_col=0, handoff=0)
+    work = gm.tiled_work("forward", p, ts, tl, per_sm=4, B=64, S=56, moved=1.0)
+    # 4 steps of 8 channels, 8 warps. Per step: staging trips (2 warps x 2 x 2, 6 warps x
+    # 1 x 2) of 144 plus their row loops' 12; the step's own 106 on every warp; the filter
+    # loop (2 channels a trip) on the lane's first warp; 8 channels x 51 on 8 live warps.
+    per_step = (2 * (4 * 144 + 2 * 12) + 6 * (2 * 144 + 12)) + 8 * 106 + 4 * 133 + 8 * 8 * 51
+    assert work.warp_instr == 4 * per_step + 8 * 293
+    assert work.parts["compute"] == 4 * 8 * 8 * 51
+    # Round trips: the spatial-filter taps, then 2 x 2 staging trips per step (DRAM); the
+    # channel filters one at a time (L2).
+    assert (work.dram_rounds, work.l2_rounds, work.blocks) == (1 + 4 * 4, 4 * 8, 14 * 2 * 64)
+    t = gm.launch_time(work, gm.H100_SXM)
+    assert t.issue_s == pytest.approx(work.warp_instr / (2.75 * 1.755e9))
+    assert t.memory_s == pytest.approx(17 * 700e-9 + 32 * 300e-9)
+    assert (t.full_waves, t.tail_per_sm) == (3, 2)
 
 
 def test_model_on_the_built_library(capsys):
@@ -105,10 +237,39 @@ def test_model_on_the_built_library(capsys):
         pytest.skip("needs a CUDA build of the library and cuobjdump (the model reads its cubins)")
     if cr.analyze_library(library).cpu_only:
         pytest.skip("CPU-only build of the library: no cubins to model")
-    assert gm.main(["--library", library]) == 0
+    assert gm.main(["--library", library, "--markdown"]) == 0
     out = capsys.readouterr().out
     assert "ESTIMATES" in out
+    for gpu in ("H100 SXM", "H200"):
+        for C, S in gm.SHAPES:
+            for design in ("generic", "tiled"):
+                for dtype in gm.DTYPES:
+                    assert f"| {gpu} | {C}@{S}² | {dtype} | {design} | forward |" in out
+    assert "PASS " in out or "MISS " in out
+
+
+def test_model_columns_on_the_built_library():
+    library = cr.default_library()
+    cuobjdump = cr.find_tool("cuobjdump", "CUOBJDUMP")
+    if torch.version.cuda is None or library is None or cuobjdump is None:
+        pytest.skip("needs a CUDA build of the library and cuobjdump (the model reads its cubins)")
+    if cr.analyze_library(library).cpu_only:
+        pytest.skip("CPU-only build of the library: no cubins to model")
+    import subprocess
+    text = subprocess.run([cuobjdump, "-sass", "-arch", "sm_90", library], capture_output=True, text=True).stdout
+    res = cr.parse_res_usage(subprocess.run([cuobjdump, "-res-usage", library], capture_output=True, text=True).stdout)
+    funcs = gm.sass_functions(text)
+    rows = gm.model(funcs, res, "float32", gm.H100_SXM)
+    summary = {(s["shape"], s["design"]): s for s in gm.summarize(rows)}
     for C, S in gm.SHAPES:
-        for design in ("generic", "tiled"):
-            assert f"| {C}@{S}² | float32 | {design} | forward |" in out
-            assert f"| {C}@{S}² | float16 | {design} | forward |" in out
+        s = summary[f"{C}@{S}²", "tiled"]
+        fwd = s["forward"]
+        # The conservative column never beats the optimistic one, and its share is of copy
+        # bandwidth (0.9 x peak), from the forward's minimum bytes.
+        assert s["cons_forward_us"] > s["forward_us"]
+        assert s["cons_forward_copy"] == pytest.approx(fwd.min_bytes / fwd.cons_s / (0.9 * 3.35e12))
+        assert s["cons_sass"] > s["sass"]
+        # Every backward launch pays the launch cost: grad_input, filter_grads and the partial sums.
+        kernels = [r.kernel for r in s["backward"]]
+        assert kernels[:2] == ["grad_input", "filter_grads"]
+        assert s["cons_backward_us"] >= len(kernels) * 3.0

@@ -1,37 +1,40 @@
 """Static performance model of the CUDA kernels: estimates, not measurements.
 
-    python -m tools.cuda_static.gpu_model [--library PATH] [--markdown]
+    python -m tools.cuda_static.gpu_model [--library PATH] [--markdown] [--device h100|h200|all]
 
 No GPU is needed (none was available when this was written). For the ResNet-50 DDF shapes
-(B=64; 64@56², 128@28², 256@14², 512@7²; k=3, stride 1, one head) in float32 and float16, it
-prints, for the landed generic kernels and the tiled kernels side by side:
+(B=64; 64@56², 128@28², 256@14², 512@7²; k=3, stride 1, one head, 'mul') in float32, float16
+and bfloat16, it reads the sm_90 cubin (registers, SASS loops) and the library's own tiled
+launch plans (torch.ops.ddf._cuda_tiled_plan), and gives every kernel two estimates side by
+side, on each device of DEVICES (H100 SXM, H200):
 
-  * min DRAM bytes: every tensor a kernel reads or writes, once;
-  * bytes moved: what the design reads and writes, counting its re-reads (the spatial
-    filter once per channel split, the float partial sums of the filter gradients, the
-    staged halos, which are counted as L2 traffic, not DRAM);
-  * SASS instructions per output: the tiled kernels' inner loop, read from cuobjdump (the
-    loop that writes an output, or reduces a (pixel, channel) term), plus the staging loop
-    times the halo elements per output, plus the per-step code divided over the step's
-    outputs. The generic kernels' figures are the per-element counts of issue 8's analysis;
-  * registers (cubin) and theoretical occupancy with the launch's real shared memory (the
-    tiled launches' blocks, grids and shared memory are the library's own plan,
-    torch.ops.ddf._cuda_tiled_plan, so the library is loaded);
-  * the estimated time: the larger of DRAM bytes / achievable bandwidth and instructions /
-    issue rate, where achievable bandwidth is min(3.35 TB/s, bytes in flight / latency)
-    (Little's law, from occupancy, the launch's blocks and the loads each thread keeps in
-    flight), and a launch of fewer blocks than SMs issues on fewer SMs; hence the
-    fraction of H100 DRAM bandwidth (3.35 TB/s) and the backward/forward ratio.
+  optimistic    the model as it was until issue 18 (kept so that history compares): time =
+                max(moved bytes / achievable bandwidth, instructions / issue rate), with
+                achievable bandwidth = min(peak DRAM, bytes in flight / latency) from every
+                resident thread keeping its step's loads in flight all the time, instructions
+                counted per useful output at the peak issue rate (4 warp instructions per
+                clock per SM), no launch cost, no waves; bandwidth shares against peak DRAM.
+  conservative  per launch: Gpu.launch_s + the waves of blocks (waves()), each wave's time by the
+                overlap rule (wave_time()) from one block's work: its warp instructions
+                counting every launched lane at the sustained issue rate (issue_time()), its
+                staging phases' round trips to memory (staging_rounds(): Little's law from the
+                staging loads only) and its share of the DRAM bytes at copy bandwidth (0.9 x
+                peak, copy_bandwidth()); the last, partial wave costs a full wave of its
+                busiest SM (tail). Bandwidth shares against copy bandwidth.
 
-Every figure is an estimate from the cubin and this model; `make gpu-check` on a GPU measures
-the real ones (benchmarks/bench_gpu.py).
+The issue-18 targets are judged on the conservative column (targets()); a miss prints where
+the time goes (launch, issue, DRAM, serial staging + compute, the tail). Neither column
+models: too few warps to reach the sustained issue rate, shared-memory bank conflicts, L1
+hits, or the generic kernels' grid-stride details (their conservative figure is their
+per-element SASS on every launched lane, a round trip per element). Every figure is an
+estimate from the cubin and this model; `make gpu-check` on a GPU measures the real ones
+(benchmarks/bench_gpu.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import re
 import subprocess
 import sys
@@ -39,23 +42,84 @@ from typing import Dict, List, Optional, Tuple
 
 from tools.cuda_static import cuda_resources as cr
 
-# H100 SXM5: DRAM bandwidth, SMs, sustained clock under load, warp instructions issued per
-# SM per clock (4 sub-partitions), and a loaded DRAM latency for Little's law.
-DRAM_BW = 3.35e12
-SMS = 132
-CLOCK_HZ = 1.755e9
-ISSUE_PER_SM_CLOCK = 4
-DRAM_LATENCY_S = 700e-9
+
+# --------------------------------------------------------------------------- devices
+
+
+@dataclasses.dataclass(frozen=True)
+class Gpu:
+    """Every parameter of the model, named once, with its source."""
+
+    name: str
+    # Peak DRAM bandwidth, B/s. NVIDIA H100 datasheet (SXM5: 3.35 TB/s HBM3); NVIDIA H200
+    # datasheet (SXM: 4.8 TB/s HBM3e).
+    dram_bw: float
+    # Streaming multiprocessors. NVIDIA H100 datasheet / Hopper whitepaper (H100 SXM5: 132 of
+    # GH100's 144); H200 is the same GH100 part with 132 SMs.
+    sms: int = 132
+    # SM clock under load, Hz: the clock the model has used since issue 8 (H100 SXM boost is
+    # 1.98 GHz per the datasheet; under a memory-heavy load it runs lower). Same for H200.
+    clock_hz: float = 1.755e9
+    # What a device-to-device copy reaches, as a fraction of peak DRAM bandwidth: issue 18's
+    # reference ("bandwidth measured against a copy at 90% of peak").
+    copy_efficiency: float = 0.90
+    # Warp instructions issued per clock per SM at peak: 4 sub-partitions, one dispatch each
+    # (Hopper whitepaper, "SM architecture"; CUDA C++ Programming Guide, compute capability 9.0).
+    peak_issue: float = 4.0
+    # Sustained warp instructions per clock per SM for this mix (shared-memory loads, FFMA,
+    # index math, barriers): issue 18's ceiling (2.5-3 observed on such kernels; 2.75 taken).
+    sustained_issue: float = 2.75
+    # Cost of one kernel launch on a stream, s: issue 18's figure (3 µs per launch).
+    launch_s: float = 3e-6
+    # Loaded DRAM round trip, s: the model's figure since issue 8 (pointer-chase latency on
+    # Hopper is ~0.5 µs unloaded and grows under load). An assumption, not a measurement.
+    dram_latency_s: float = 700e-9
+    # L2-hit round trip, s, for loads of small tensors every tile re-reads (the channel filter):
+    # an assumption of the same kind (pointer chases put Hopper's L2 hits at a few hundred ns).
+    l2_latency_s: float = 300e-9
+    # Per-SM occupancy limits (max 64 warps, 32 blocks, 228 KiB shared memory, 64 K registers
+    # per SM): the CUDA occupancy data for compute capability 9.0, cuda_resources.GPU_LIMITS.
+    arch: str = "sm_90"
+
+    @property
+    def copy_bw(self) -> float:
+        return copy_bandwidth(self)
+
+    @property
+    def limits(self) -> cr.GpuLimits:
+        return cr.limits_for(self.arch)
+
+
+H100_SXM = Gpu("H100 SXM", dram_bw=3.35e12)
+H200 = Gpu("H200", dram_bw=4.8e12)
+DEVICES = {"h100": H100_SXM, "h200": H200}
+
+# The pre-issue-18 module constants (the optimistic model's H100 figures), kept for callers.
+DRAM_BW = H100_SXM.dram_bw
+SMS = H100_SXM.sms
+CLOCK_HZ = H100_SXM.clock_hz
+ISSUE_PER_SM_CLOCK = H100_SXM.peak_issue
+DRAM_LATENCY_S = H100_SXM.dram_latency_s
 THREAD_INSTR_PER_S = SMS * ISSUE_PER_SM_CLOCK * CLOCK_HZ * 32
 
 SHAPES = [(64, 56), (128, 28), (256, 14), (512, 7)]  # (channels, map size), ResNet-50 stages
 BATCH = 64
 K = 3
+DTYPES = ("float32", "float16", "bfloat16")
+# The mangled template argument of each dtype, and its bytes.
+DTYPE_TAG = {"float32": "f", "float16": "6__half", "bfloat16": "13__nv_bfloat16"}
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 # Per-element SASS of the generic kernels (issue 8, sm_90): forward and grad_input per
 # element, grad_spatial per (pixel, channel) of a head plus a per-element part, grad_channel
 # per (pixel, tap) term.
 GENERIC_SASS = {"forward": 850, "grad_input": 1250, "grad_spatial": (14, 150), "grad_channel": 191}
+
+# Issue 18's targets, judged on the conservative column.
+TARGET_FWD_COPY_SHARE = {"float32": 0.70, "float16": 0.60, "bfloat16": 0.60}  # at 56² and 28²
+TARGET_FWD_COPY_SHARE_ALL = 0.50  # every shape
+TARGET_FWD_SASS = {"float32": 40, "float16": 30, "bfloat16": 30}  # per output
+TARGET_BWD_OVER_FWD = 2.5
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -199,51 +263,362 @@ def tiled_sass(insns: List[Tuple[int, str, str]], reducing: bool) -> TiledSass:
     return TiledSass(fast.size, stage.size, own)
 
 
+
+
+def _enclosing(lp: Loop, every: List[Loop]) -> Optional[Loop]:
+    """The smallest loop whose address range strictly contains lp's."""
+    outer = [c for c in every if c is not lp and c.start <= lp.start and lp.end <= c.end
+             and (c.start, c.end) != (lp.start, lp.end)]
+    return min(outer, key=lambda c: c.size) if outer else None
+
+
+@dataclasses.dataclass
+class TiledLoops:
+    """What the conservative model counts of a tiled kernel's SASS besides TiledSass: each
+    loop's instructions per trip (0: the kernel has none), and the code in no loop."""
+
+    staging: int  # stage_planes' column loop (its loads batched: one per channel of the step)
+    staging_row: int  # its row loop's own code, per row trip
+    filter: int  # the channel-filter staging loop, per trip
+    filter_loads: int  # its loads per trip
+    grad_output: int  # filter gradients: the loop loading the thread's grad_output values
+    grad_output_loads: int
+    other: int  # further loops in the step loop (counted one trip per step)
+    outside: int  # instructions in no loop: prologue and epilogue, once per warp
+    prologue_row: int  # grad_input: the spatial-filter tile loop before the steps, row loop's own code
+    prologue_col: int  # and its column loop (one load per trip)
+    handoff: int  # filter gradients: the lanes' hand-off loop after the steps, per trip
+
+
+def tiled_loops(insns: List[Tuple[int, str, str]], reducing: bool) -> TiledLoops:
+    roots = loops_of(insns)
+    every = list(walk(roots))
+    # Leaves without a barrier: the compiler's rotated copies of the step loop (which hold a
+    # barrier) nest nothing, but are no loop of their own.
+    leaves = [lp for lp in every if not lp.children and not lp.has("BAR")]
+    mark = "SHFL" if reducing else "STG"
+    inner = min((lp for lp in leaves if lp.has(mark) and lp.has("LDS")), key=lambda l: l.size)
+    loads = [lp for lp in leaves if lp.has("LDG") and lp.has("STS")]
+
+    def n_ldg(lp: Loop) -> int:
+        return sum(op.startswith("LDG") for op in lp.ops)
+
+    # stage_planes: the batched-load leaf loop nested in a row loop without a barrier.
+    staged = [lp for lp in loads if not lp.has("VOTE.ANY") and n_ldg(lp) >= 4
+              and (_enclosing(lp, every) is not None and not _enclosing(lp, every).has("BAR"))]
+    if not staged:  # no row loop around it: the largest load-store loop, as tiled_sass takes it
+        staged = [lp for lp in loads if not lp.has("VOTE.ANY")]
+    if not staged:
+        raise ValueError("unexpected loop structure: the model needs updating for this kernel")
+    stage = max(staged, key=lambda l: l.size)
+    row = _enclosing(stage, every)
+    steps = [l for l in every if l.has("BAR") and l.start <= min(inner.start, stage.start)
+             and max(inner.end, stage.end) <= l.end]
+    step = min(steps, key=lambda l: l.size)
+    covered = set()
+    for lp in every:
+        covered.update(range(lp.start, lp.end + 1, 16))
+    outside = sum(1 for a, _, _ in insns if a not in covered)
+    first_bar = min(l.start for l in every if l.has("BAR"))
+    prologue = [lp for lp in every if lp.has("LDG") and lp.end < first_bar]
+    handoff = [lp for lp in every if not lp.children and lp.has("BAR") and lp.start > step.end]
+    if reducing:
+        inside = [lp for lp in loads if lp is not stage and step.start <= lp.start and lp.end <= step.end]
+        flt = [lp for lp in inside if lp.start < stage.start]
+        go = [lp for lp in inside if lp.start > stage.end]
+        filter_loop = max(flt, key=lambda l: l.size) if flt else None
+        go_loop = max(go, key=lambda l: l.size) if go else None
+    else:
+        flt = [lp for lp in loads if lp.has("VOTE.ANY")]
+        filter_loop = max(flt, key=lambda l: l.size) if flt else None
+        go_loop = None
+    known = {id(x) for x in (inner, stage, filter_loop, go_loop) if x is not None}
+    # Other loops of the step (filter gradients: the warp sums, the channel partials' writes),
+    # but not the inner loop's checked copies (the non-finite paths).
+    other = sum(lp.size for lp in leaves if id(lp) not in known and step.start <= lp.start and lp.end <= step.end
+                and not (lp.has(mark) and lp.has("LDS")))
+    pro_row = pro_col = 0
+    if prologue:
+        outer = max(prologue, key=lambda l: l.size)
+        pro_col = sum(c.size for c in outer.children)
+        pro_row = outer.own
+    return TiledLoops(stage.size, row.own if row is not None and not row.has("BAR") else 0,
+                      filter_loop.size if filter_loop else 0, n_ldg(filter_loop) if filter_loop else 0,
+                      go_loop.size if go_loop else 0, n_ldg(go_loop) if go_loop else 0,
+                      other, outside, pro_row, pro_col, max((l.size for l in handoff), default=0))
+# --------------------------------------------------------------------------- conservative effects
+#
+# Each effect is one small function; tests/test_gpu_model.py pins each with a hand-computed case.
+
+
+def copy_bandwidth(gpu: Gpu) -> float:
+    """The bandwidth shares are taken against: what a copy reaches, copy_efficiency x peak."""
+    return gpu.copy_efficiency * gpu.dram_bw
+
+
+def launched_warps(threads_per_block: int, warp_size: int = 32) -> int:
+    """Warps a block launches: its threads rounded up to whole warps (a partial warp issues
+    like a full one)."""
+    return _ceil_div(threads_per_block, warp_size)
+
+
+def issue_time(warp_instructions: float, gpu: Gpu, sms: int = 1) -> float:
+    """Seconds to issue `warp_instructions` on `sms` SMs at the sustained rate (not the peak)."""
+    return warp_instructions / (gpu.sustained_issue * gpu.clock_hz * sms)
+
+
+def live_warps(tx: int, ty: int, tz: int, map_h: int, map_w: int, rows: int = 1) -> float:
+    """Warps per block that issue the compute loop, averaged over the map's tiles: a warp issues
+    it for all its 32 lanes when any of them has a map pixel (lanes counted as launched, not as
+    useful: at 56², 28² and 14² 28 of 32 lanes have one, at 7² 49 of 64), and a warp none of whose
+    lanes has one skips it (`if (!pixel) continue;`). Lanes are (x, y) = (i % tx, i // tx) of a
+    channel lane's tx * ty threads, i = 32 * warp + lane; a thread covers map rows y0 + y * rows."""
+    tiles_x, tiles_y = _ceil_div(map_w, tx), _ceil_div(map_h, ty * rows)
+    per_lane = tx * ty // 32
+    live = 0
+    for tile_y in range(tiles_y):
+        for tile_x in range(tiles_x):
+            for w in range(per_lane):
+                threads = range(32 * w, 32 * w + 32)
+                row = any(tile_y * ty * rows + (i // tx) * rows < map_h for i in threads)
+                col = any(tile_x * tx + i % tx < map_w for i in threads)
+                live += row and col
+    return live * tz / (tiles_x * tiles_y)
+
+
+def staging_trips(halo_h: int, halo_w: int, tx: int, ty: int) -> List[Tuple[int, int]]:
+    """(row trips, column trips per row) of the staging loop (stage_planes: halo rows by ty,
+    columns by tx) that each warp of a channel lane issues in one step: the most rows and the
+    most columns any of its lanes walks."""
+    trips = []
+    for w in range(tx * ty // 32):
+        threads = range(32 * w, 32 * w + 32)
+        r = max(_ceil_div(max(halo_h - i // tx, 0), ty) for i in threads)
+        c = max(_ceil_div(max(halo_w - i % tx, 0), tx) for i in threads)
+        trips.append((r, c))
+    return trips
+
+
+def staging_rounds(halo_h: int, halo_w: int, tx: int, ty: int) -> int:
+    """Round trips to memory on a step's critical path: a staging trip issues its loads (one
+    per channel of the step, all in flight) and stores them to shared memory, which waits for
+    them, before the next trip's loads; the barrier after staging waits for the thread with
+    the most trips, thread (0, 0)."""
+    return _ceil_div(halo_h, ty) * _ceil_div(halo_w, tx)
+
+
+def little_bandwidth(bytes_in_flight: float, latency_s: float) -> float:
+    """Little's law: the bandwidth that `bytes_in_flight` sustain at a round trip of `latency_s`.
+    The conservative model counts in flight only the loads of a staging trip (memory_time())."""
+    return bytes_in_flight / latency_s
+
+
+def memory_time(dram_rounds: float, l2_rounds: float, block_bytes: float, gpu: Gpu) -> float:
+    """One block's memory phases, s: each round trip (a staging trip, the filter loads, the
+    prologue's loads) costs a full latency, since only that trip's loads are in flight and the
+    block issues nothing else meanwhile (Little's law over the staging loads only, no overlap
+    with the block's own compute); and the block's DRAM bytes need at least their time at the
+    SM's share of copy bandwidth (copy_bandwidth / SMs: an SM never gets more)."""
+    latency = dram_rounds * gpu.dram_latency_s + l2_rounds * gpu.l2_latency_s
+    return max(latency, block_bytes / (copy_bandwidth(gpu) / gpu.sms))
+
+
+def wave_time(per_sm: int, issue_s: float, memory_s: float, bytes_s: float) -> Tuple[float, str]:
+    """The overlap rule: the time of one wave on an SM holding `per_sm` co-resident blocks, each
+    issuing for issue_s (issue_time() of its warp instructions), spending memory_s in its
+    memory phases (memory_time()), of which bytes_s is its DRAM bytes at the SM's copy share.
+    Returns (seconds, bound), bound in {"issue", "dram", "serial"}.
+
+    Within a block, staging (global loads into shared memory) and compute alternate between
+    barriers, and no kernel double-buffers, so a block alone takes issue_s + memory_s. Across
+    blocks, one block's staging overlaps other co-resident blocks' compute, and nothing more:
+
+        time = max(per_sm * issue_s, per_sm * bytes_s, issue_s + memory_s)
+
+    The SM's issue slots are shared by its blocks (the first term), so is its DRAM share (the
+    second), and no block finishes before its own serial chain of staging and compute (the
+    third). With per_sm == 1 this is issue_s + memory_s, the sum: nothing overlaps. With
+    per_sm >= 2 it is max(issue, memory) of the SM's blocks when their phases interleave
+    perfectly, which is the best co-residency allows: still optimistic in that respect."""
+    terms = {"issue": per_sm * issue_s, "dram": per_sm * bytes_s, "serial": issue_s + memory_s}
+    bound = max(terms, key=terms.get)
+    return terms[bound], bound
+
+
+def waves(blocks: int, sms: int, per_sm: int) -> Tuple[int, int]:
+    """(full waves, blocks on the busiest SM of the last, partial wave; 0 when there is none).
+    A wave is sms x per_sm blocks. The partial last wave lasts as long as its busiest SM, which
+    holds ceil(leftover / sms) blocks: a tail of 1 block per SM costs a full wave's time of 1
+    block (wave_time(1, ...)), whatever the other SMs do."""
+    full, rest = divmod(blocks, sms * per_sm)
+    return full, _ceil_div(rest, sms)
+
+
+@dataclasses.dataclass
+class BlockWork:
+    """One kernel launch as the conservative model sees it (per block: the launch's average)."""
+
+    blocks: int
+    threads: int  # per block
+    per_sm: int  # co-resident blocks per SM (occupancy: registers, shared memory, warps, blocks)
+    warp_instr: float  # warp instructions one block issues, every launched lane counted
+    dram_rounds: float  # DRAM round trips on one block's critical path
+    l2_rounds: float  # L2 round trips on it
+    dram_bytes: float  # DRAM bytes of the whole launch, spread evenly over its blocks
+    parts: Dict[str, float] = dataclasses.field(default_factory=dict)  # warp_instr by phase
+
+
+@dataclasses.dataclass
+class Timing:
+    """The conservative time of one launch and where it goes."""
+
+    launch_s: float
+    full_waves: int
+    wave_s: float
+    wave_bound: str
+    tail_per_sm: int  # blocks on the busiest SM of the last, partial wave (0: none)
+    tail_s: float
+    tail_bound: str
+    issue_s: float  # one block's issue time at the sustained rate
+    memory_s: float  # one block's memory phases
+    per_sm: int
+
+    @property
+    def total_s(self) -> float:
+        return self.launch_s + self.full_waves * self.wave_s + self.tail_s
+
+    def describe(self) -> str:
+        parts = [f"{self.launch_s * 1e6:.0f} launch"]
+        if self.full_waves:
+            parts.append(f"{self.full_waves} wave{'s' if self.full_waves > 1 else ''} x {self.wave_s * 1e6:.1f} "
+                         f"({self.wave_bound}-bound, {self.per_sm} blocks/SM)")
+        if self.tail_per_sm:
+            parts.append(f"tail {self.tail_s * 1e6:.1f} ({self.tail_per_sm} block{'s' if self.tail_per_sm > 1 else ''}"
+                         f"/SM, {self.tail_bound}-bound)")
+        return (" + ".join(parts) + f"; per block: issue {self.issue_s * 1e6:.2f}, memory phases "
+                f"{self.memory_s * 1e6:.2f} µs")
+
+
+def launch_time(work: BlockWork, gpu: Gpu) -> Timing:
+    """The launch cost + the full waves + the tail, each wave by wave_time()."""
+    issue_s = issue_time(work.warp_instr, gpu)
+    block_bytes = work.dram_bytes / work.blocks
+    bytes_s = block_bytes / (copy_bandwidth(gpu) / gpu.sms)
+    memory_s = memory_time(work.dram_rounds, work.l2_rounds, block_bytes, gpu)
+    full, tail = waves(work.blocks, gpu.sms, work.per_sm)
+    wave_s, wave_bound = wave_time(work.per_sm, issue_s, memory_s, bytes_s)
+    tail_s, tail_bound = wave_time(tail, issue_s, memory_s, bytes_s) if tail else (0.0, "")
+    return Timing(gpu.launch_s, full, wave_s, wave_bound, tail, tail_s, tail_bound, issue_s, memory_s, work.per_sm)
+
+
+
+
 # --------------------------------------------------------------------------- model
 
 
 @dataclasses.dataclass
 class Row:
+    gpu: str
     shape: str
     dtype: str
     design: str
     kernel: str
     min_bytes: float
     moved_bytes: float
-    sass_per_output: float  # estimated total per output
+    sass_per_output: float  # optimistic: estimated total per output
     inner_per_output: float  # the inner loop alone (cuobjdump)
     outputs: int
     registers: int
     occupancy: float
-    time_s: float
+    time_s: float  # optimistic
+    work: BlockWork
+    cons: Timing  # conservative
+    dram_bw: float = DRAM_BW
 
     @property
     def bw_fraction(self) -> float:
-        return self.moved_bytes / self.time_s / DRAM_BW
+        """Optimistic: moved bytes against peak DRAM bandwidth."""
+        return self.moved_bytes / self.time_s / self.dram_bw
+
+    @property
+    def cons_s(self) -> float:
+        return self.cons.total_s
+
+    @property
+    def cons_sass_per_output(self) -> float:
+        """Conservative: warp instructions issued x 32 lanes, per output (every launched lane)."""
+        return self.work.warp_instr * self.work.blocks * 32 / self.outputs
 
 
 def estimate_time(moved: float, instr_total: float, occupancy: float, loads_in_flight: float, e: int,
-                  blocks: Optional[int] = None, threads: int = 256) -> float:
-    """max(bytes / achievable bandwidth, instructions / issue rate). A launch of fewer blocks
-    than the GPU holds keeps fewer threads resident (less in flight) and, below one block
-    per SM, leaves SMs idle."""
-    resident_threads = occupancy * 2048 * SMS
-    issue = THREAD_INSTR_PER_S
+                  blocks: Optional[int] = None, threads: int = 256, gpu: Gpu = H100_SXM) -> float:
+    """The optimistic estimate (the model until issue 18, unchanged): max(bytes / achievable
+    bandwidth, instructions / peak issue rate). A launch of fewer blocks than the GPU holds
+    keeps fewer threads resident (less in flight) and, below one block per SM, leaves SMs idle."""
+    resident_threads = occupancy * gpu.limits.max_threads_per_sm * gpu.sms
+    issue = gpu.sms * gpu.peak_issue * gpu.clock_hz * 32
     if blocks is not None:
         resident_threads = min(resident_threads, blocks * threads)
-        issue *= min(1.0, blocks / SMS)
-    achievable = min(DRAM_BW, resident_threads * loads_in_flight * e / DRAM_LATENCY_S)
+        issue *= min(1.0, blocks / gpu.sms)
+    achievable = min(gpu.dram_bw, resident_threads * loads_in_flight * e / gpu.dram_latency_s)
     return max(moved / achievable, instr_total / issue)
 
 
-def occupancy_of(regs: int, threads: int, static_smem: int, dynamic: int) -> float:
-    lim = cr.limits_for("sm_90")
-    return cr.occupancy(regs, threads, static_smem, lim, dynamic_smem=dynamic).fraction
+def occupancy_of(regs: int, threads: int, static_smem: int, dynamic: int) -> cr.Occupancy:
+    return cr.occupancy(regs, threads, static_smem, cr.limits_for("sm_90"), dynamic_smem=dynamic)
 
 
-def model(funcs, res, dtype: str) -> List[Row]:
-    e = 4 if dtype == "float32" else 2
-    tag = "f" if dtype == "float32" else "6__half"
+def tiled_work(kernel: str, p: Plan, ts: TiledSass, tl: TiledLoops, per_sm: int, B: int, S: int,
+               moved: float) -> BlockWork:
+    """The conservative model's view of one tiled launch, from its plan and SASS (see the kernels in
+    csrc/cuda/ddf_cuda_tiled_kernels.cuh for the phases counted here)."""
+    threads = p.tx * p.ty * p.tz
+    warps = launched_warps(threads)
+    lane_threads = p.tx * p.ty
+    steps = p.split_channels // (p.tz * p.ch)
+    blocks = p.tiles * p.splits * B
+    trips = staging_trips(p.halo_h, p.halo_w, p.tx, p.ty)
+    # Per step, every warp: its staging trips, the step loop's own code, the other loops once.
+    # Warp instructions of one block by phase: per step, then once per block.
+    parts = {"staging": p.tz * sum(r * c * tl.staging + r * tl.staging_row for r, c in trips),
+             "step code": warps * (ts.step + tl.other)}
+    dram_rounds = steps * staging_rounds(p.halo_h, p.halo_w, p.tx, p.ty)
+    if kernel == "filter_grads":
+        kk = K * K
+        filter_trips = _ceil_div(_ceil_div(p.ch * kk, lane_threads), max(tl.filter_loads, 1))
+        go_trips = _ceil_div(p.ch * p.rows, max(tl.grad_output_loads, 1))
+        parts["filter staging"] = warps * filter_trips * tl.filter
+        parts["staging"] += warps * go_trips * tl.grad_output
+        # Every warp runs the channel loop for all ch channels (the warp sums need whole warps).
+        parts["compute"] = warps * p.ch * ts.inner
+        dram_rounds += 1 + steps * go_trips  # the spatial-filter taps, then each step's grad_output loads
+        l2_rounds = steps * _ceil_div(p.ch * kk, lane_threads)
+        once = {"prologue/epilogue": warps * tl.outside + warps * (p.tz - 1) * tl.handoff}
+    else:
+        # The lane's first warp stages the channel filters, one channel at a time (a load, a
+        # store and a vote per channel: ch round trips, to L2: every tile re-reads them);
+        # the compute loop runs on the warps with a pixel.
+        per_channel_trip = max(tl.filter_loads // 2, 1)  # two predicated rounds per channel
+        parts["filter staging"] = p.tz * _ceil_div(p.ch, per_channel_trip) * tl.filter
+        parts["compute"] = live_warps(p.tx, p.ty, p.tz, S, S) * p.ch * ts.inner
+        l2_rounds = steps * p.ch
+        once = {"prologue/epilogue": warps * tl.outside}
+        if kernel == "grad_input":
+            # The head's k*k spatial-filter tile, staged once: one load per trip of its loop.
+            rows_ = _ceil_div(K * K * p.halo_h, p.tz * p.ty)
+            cols = _ceil_div(p.halo_w, p.tx)
+            once["spatial-filter tile"] = warps * rows_ * (tl.prologue_row + cols * tl.prologue_col)
+            dram_rounds += rows_ * cols
+        else:
+            dram_rounds += 1  # the pixel's spatial-filter taps, all in flight
+    parts = {k: v * steps for k, v in parts.items()}
+    parts.update(once)
+    return BlockWork(blocks, threads, per_sm, sum(parts.values()), dram_rounds, l2_rounds, moved, parts)
+
+
+def model(funcs, res, dtype: str, gpu: Gpu = H100_SXM) -> List[Row]:
+    e = DTYPE_BYTES[dtype]
+    tag = DTYPE_TAG[dtype]
     kk = K * K
     rows: List[Row] = []
 
@@ -259,6 +634,9 @@ def model(funcs, res, dtype: str) -> List[Row]:
                 return f.registers, f.shared
         raise ValueError(f"no sm_90 resource usage for {name}")
 
+    def row(*args, work: BlockWork) -> Row:
+        return Row(gpu.name, *args, work=work, cons=launch_time(work, gpu), dram_bw=gpu.dram_bw)
+
     for C, S in SHAPES:
         B = BATCH
         x = out = B * C * S * S
@@ -267,22 +645,34 @@ def model(funcs, res, dtype: str) -> List[Row]:
         shape = f"{C}@{S}²"
 
         # Generic kernels: one thread per element, every tensor read once from DRAM (the
-        # caches absorb the tap re-reads), one load in flight per thread.
-        def generic(kernel: str, pattern: str, min_b: float, outputs: int, sass: float) -> None:
+        # caches absorb the tap re-reads), one load in flight per thread. Conservative: every
+        # launched lane of their grids (PixelLaunch: a row of a power of two columns up to 32)
+        # issues the per-element SASS, one round trip per element.
+        tile_cols = min(32, 1 << (S - 1).bit_length())
+        tile_rows = 256 // tile_cols
+
+        def generic(kernel: str, pattern: str, min_b: float, outputs: int, sass: float, planes: int) -> None:
             regs, smem = usage(fn(pattern))
             occ = occupancy_of(regs, 256, smem, 0)
-            t = estimate_time(min_b, sass * outputs, occ, 1, e)
-            rows.append(Row(shape, dtype, "generic", kernel, min_b, min_b, sass, sass, outputs, regs, occ, t))
+            t = estimate_time(min_b, sass * outputs, occ.fraction, 1, e, gpu=gpu)
+            if kernel == "grad_channel":  # a 256-thread block per (b, c, tap) reduces over the map
+                blocks, trips = planes, _ceil_div(S * S, 256)
+                work = BlockWork(blocks, 256, occ.blocks_per_sm, 8 * trips * GENERIC_SASS["grad_channel"], trips, 0, min_b)
+            else:
+                blocks = _ceil_div(S, tile_cols) * _ceil_div(planes * S, tile_rows)
+                work = BlockWork(blocks, 256, occ.blocks_per_sm, 8 * sass, 1, 0, min_b)
+            rows.append(row(shape, dtype, "generic", kernel, min_b, min_b, sass, sass, outputs, regs, occ.fraction, t,
+                            work=work))
 
         generic("forward", rf"4cuda14forward_kernelI{tag}LNS_7CombineE0E", e * (x + cf + sf + out), out,
-                GENERIC_SASS["forward"])
+                GENERIC_SASS["forward"], B * C)
         generic("grad_input", rf"4cuda17grad_input_kernelI{tag}LNS_7CombineE0E", e * (out + cf + sf + x), x,
-                GENERIC_SASS["grad_input"])
+                GENERIC_SASS["grad_input"], B * C)
         per_px, per_elem = GENERIC_SASS["grad_spatial"]
         generic("grad_spatial", rf"4cuda19grad_spatial_kernelI{tag}LNS_7CombineE0E", e * (out + x + cf + sf), sf,
-                per_px * C + per_elem)
+                per_px * C + per_elem, B * kk)
         generic("grad_channel", rf"4cuda19grad_channel_kernelI{tag}LNS_7CombineE0E", e * (out + x + sf + cf),
-                cf, GENERIC_SASS["grad_channel"] * S * S)
+                cf, GENERIC_SASS["grad_channel"] * S * S, B * C * kk)
 
         # Tiled kernels.
         for kernel, pattern, reducing in (
@@ -293,6 +683,7 @@ def model(funcs, res, dtype: str) -> List[Row]:
             p = plan_tiled(kernel, B, C, S, S, K, 1, 1, 1)
             name = fn(pattern)
             ts = tiled_sass(funcs[name], reducing)
+            tl = tiled_loops(funcs[name], reducing)
             regs, smem = usage(name)
             threads = p.tx * p.ty * p.tz
             occ = occupancy_of(regs, threads, smem, p.shared_bytes)
@@ -318,8 +709,10 @@ def model(funcs, res, dtype: str) -> List[Row]:
                 moved = e * (out + x + cf + sf * p.splits) + channel + spatial
                 outputs = out
             blocks = p.tiles * p.splits * B
-            t = estimate_time(moved, sass * outputs, occ, p.ch, e, blocks, threads)
-            rows.append(Row(shape, dtype, "tiled", kernel, min_b, moved, sass, inner, outputs, regs, occ, t))
+            t = estimate_time(moved, sass * outputs, occ.fraction, p.ch, e, blocks, threads, gpu=gpu)
+            work = tiled_work(kernel, p, ts, tl, occ.blocks_per_sm, B, S, moved)
+            rows.append(row(shape, dtype, "tiled", kernel, min_b, moved, sass, inner, outputs, regs, occ.fraction, t,
+                            work=work))
             if kernel == "filter_grads":
                 # The fixed-order sums of the partials: one thread per result element, whose
                 # loop (read from the SASS) runs once per tile or split.
@@ -335,45 +728,105 @@ def model(funcs, res, dtype: str) -> List[Row]:
                     n = 4 * count * reads + e * count
                     unroll = sum(1 for op in loop.ops if op.startswith("LDG"))  # independent loads per trip
                     per = loop.size * reads / unroll
-                    rows.append(Row(shape, dtype, "tiled", f"sum_{what}_partials", 0, n, per, per, count, regs, occ,
-                                    estimate_time(n, per * count, occ, min(unroll, reads), e, _ceil_div(count, 256))))
+                    sum_blocks = _ceil_div(count, 256)
+                    trips = _ceil_div(reads, unroll)
+                    every = list(walk(loops_of(funcs[name])))
+                    outer = _enclosing(loop, every)  # the grid-stride loop: its own code once per element
+                    per_thread = loop.size * trips + (outer.own if outer else 0)
+                    work = BlockWork(sum_blocks, 256, occ.blocks_per_sm, 8 * per_thread, trips, 0, n)
+                    rows.append(row(shape, dtype, "tiled", f"sum_{what}_partials", 0, n, per, per, count, regs,
+                                    occ.fraction, estimate_time(n, per * count, occ.fraction, min(unroll, reads), e,
+                                                                sum_blocks, gpu=gpu), work=work))
     return rows
 
 
+
+BACKWARD = ("grad_input", "grad_spatial", "grad_channel", "filter_grads", "sum_channel_partials", "sum_spatial_partials")
+
+
 def summarize(rows: List[Row]) -> List[dict]:
-    """Per (shape, dtype, design): forward time, backward time and their ratio."""
+    """Per (device, shape, dtype, design): forward and backward time in both columns (the
+    backward: every launch of ddf_backward with all three gradients), their ratio, the
+    forward's bandwidth share (min bytes: optimistic against peak DRAM, conservative against
+    copy bandwidth) and its SASS per output."""
     out = []
-    keys = sorted({(r.shape, r.dtype, r.design) for r in rows}, key=lambda k: (k[1], k[2], -int(k[0].split("@")[1][:-1])))
-    for shape, dtype, design in keys:
-        sel = [r for r in rows if (r.shape, r.dtype, r.design) == (shape, dtype, design)]
-        fwd = sum(r.time_s for r in sel if r.kernel == "forward")
-        bwd = sum(r.time_s for r in sel if r.kernel != "forward")
-        fwd_row = next(r for r in sel if r.kernel == "forward")
-        out.append(dict(shape=shape, dtype=dtype, design=design, forward_us=fwd * 1e6, backward_us=bwd * 1e6,
-                        ratio=bwd / fwd, forward_bw=fwd_row.min_bytes / fwd / DRAM_BW))
+    order = {d: i for i, d in enumerate(DTYPES)}
+    keys = sorted({(r.gpu, r.shape, r.dtype, r.design) for r in rows},
+                  key=lambda k: (k[0], k[3] != "tiled", order[k[2]], -int(k[1].split("@")[1][:-1])))
+    for gpu, shape, dtype, design in keys:
+        sel = [r for r in rows if (r.gpu, r.shape, r.dtype, r.design) == (gpu, shape, dtype, design)]
+        fwd = next(r for r in sel if r.kernel == "forward")
+        bwd = [r for r in sel if r.kernel in BACKWARD]
+        copy_bw = fwd.dram_bw * DEVICES_BY_NAME[gpu].copy_efficiency
+        out.append(dict(
+            gpu=gpu, shape=shape, dtype=dtype, design=design,
+            forward_us=fwd.time_s * 1e6, backward_us=sum(r.time_s for r in bwd) * 1e6,
+            cons_forward_us=fwd.cons_s * 1e6, cons_backward_us=sum(r.cons_s for r in bwd) * 1e6,
+            ratio=sum(r.time_s for r in bwd) / fwd.time_s, cons_ratio=sum(r.cons_s for r in bwd) / fwd.cons_s,
+            forward_bw=fwd.min_bytes / fwd.time_s / fwd.dram_bw,
+            cons_forward_copy=fwd.min_bytes / fwd.cons_s / copy_bw,
+            sass=fwd.sass_per_output, cons_sass=fwd.cons_sass_per_output,
+            forward=fwd, backward=bwd))
     return out
 
 
-def markdown(rows: List[Row]) -> str:
-    lines = ["| shape | dtype | design | kernel | min DRAM MB | moved MB | inner-loop SASS/output | est. SASS/output | regs | "
-             "occupancy | est. µs | est. DRAM BW |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r.shape} | {r.dtype} | {r.design} | {r.kernel} | {r.min_bytes / 1e6:.1f} | {r.moved_bytes / 1e6:.1f} | "
-                     f"{r.inner_per_output:.0f} | {r.sass_per_output:.0f} | {r.registers} | {r.occupancy:.0%} | "
-                     f"{r.time_s * 1e6:.1f} | {r.bw_fraction:.0%} |")
-    lines += ["", "| shape | dtype | design | forward µs | backward µs | backward/forward | forward share of 3.35 TB/s (min bytes) |",
-              "|---|---|---|---|---|---|---|"]
+DEVICES_BY_NAME = {g.name: g for g in DEVICES.values()}
+
+
+def targets(rows: List[Row]) -> List[Tuple[bool, str]]:
+    """Issue 18's targets on the conservative column of the tiled kernels: (passed, line); a
+    miss says where the time (or the instructions) go."""
+    lines = []
     for s in summarize(rows):
-        lines.append(f"| {s['shape']} | {s['dtype']} | {s['design']} | {s['forward_us']:.1f} | {s['backward_us']:.1f} | "
-                     f"{s['ratio']:.2f} | {s['forward_bw']:.0%} |")
+        if s["design"] != "tiled":
+            continue
+        where = f"{s['gpu']} {s['shape']} {s['dtype']}"
+        fwd: Row = s["forward"]
+        size = int(s["shape"].split("@")[1][:-1])
+        need = TARGET_FWD_COPY_SHARE[s["dtype"]] if size in (56, 28) else TARGET_FWD_COPY_SHARE_ALL
+        ok = s["cons_forward_copy"] >= need
+        lines.append((ok, f"{where}: forward {s['cons_forward_copy']:.0%} of copy bandwidth (target >= {need:.0%})"
+                          + ("" if ok else f": {fwd.cons_s * 1e6:.1f} µs = {fwd.cons.describe()}")))
+        need = TARGET_FWD_SASS[s["dtype"]]
+        ok = s["cons_sass"] <= need
+        split = ", ".join(f"{k} {v * fwd.work.blocks * 32 / fwd.outputs:.0f}" for k, v in fwd.work.parts.items())
+        lines.append((ok, f"{where}: forward {s['cons_sass']:.0f} SASS per output (target <= {need})"
+                          + ("" if ok else f": {split}")))
+        ok = s["cons_ratio"] <= TARGET_BWD_OVER_FWD
+        split = ", ".join(f"{r.kernel} {r.cons_s * 1e6:.1f}" for r in s["backward"])
+        lines.append((ok, f"{where}: backward {s['cons_ratio']:.2f}x forward (target <= {TARGET_BWD_OVER_FWD})"
+                          + ("" if ok else f": forward {fwd.cons_s * 1e6:.1f} µs, backward {split} µs")))
+    return lines
+
+
+def markdown(rows: List[Row], kernels: bool = True) -> str:
+    lines = []
+    if kernels:
+        lines += ["| device | shape | dtype | design | kernel | min DRAM MB | moved MB | regs | occupancy | blocks | "
+                  "blocks/SM | optimistic µs | conservative µs | conservative: where the time goes (µs) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {r.gpu} | {r.shape} | {r.dtype} | {r.design} | {r.kernel} | {r.min_bytes / 1e6:.1f} | "
+                         f"{r.moved_bytes / 1e6:.1f} | {r.registers} | {r.occupancy:.0%} | {r.work.blocks} | "
+                         f"{r.work.per_sm} | {r.time_s * 1e6:.1f} | {r.cons_s * 1e6:.1f} | {r.cons.describe()} |")
+        lines.append("")
+    lines += ["| device | shape | dtype | design | forward µs opt. / cons. | backward µs opt. / cons. | "
+              "backward/forward opt. / cons. | forward share: of peak DRAM (opt.) / of copy BW (cons.) | "
+              "forward SASS/output opt. / cons. |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for s in summarize(rows):
+        lines.append(f"| {s['gpu']} | {s['shape']} | {s['dtype']} | {s['design']} | {s['forward_us']:.1f} / "
+                     f"{s['cons_forward_us']:.1f} | {s['backward_us']:.1f} / {s['cons_backward_us']:.1f} | "
+                     f"{s['ratio']:.2f} / {s['cons_ratio']:.2f} | {s['forward_bw']:.0%} / {s['cons_forward_copy']:.0%} | "
+                     f"{s['sass']:.0f} / {s['cons_sass']:.0f} |")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--library", default=cr.default_library())
-    ap.add_argument("--markdown", action="store_true", help="print markdown tables (for benchmarks/RESULTS.md)")
+    ap.add_argument("--markdown", action="store_true", help="print the per-kernel table too (markdown)")
+    ap.add_argument("--device", choices=sorted(DEVICES) + ["all"], default="all")
     args = ap.parse_args(argv)
     cuobjdump = cr.find_tool("cuobjdump", "CUOBJDUMP")
     if not args.library or not cuobjdump:
@@ -388,15 +841,26 @@ def main(argv=None) -> int:
     # The launch plans come from the library, preferably the one whose cubins are read.
     load_library(args.library)
     funcs = sass_functions(sass.stdout)
+    gpus = list(DEVICES.values()) if args.device == "all" else [DEVICES[args.device]]
     try:
-        rows = model(funcs, res, "float32") + model(funcs, res, "float16")
+        rows = [r for gpu in gpus for dtype in DTYPES for r in model(funcs, res, dtype, gpu)]
     except RuntimeError as e:  # a library older than _cuda_tiled_plan
         print(f"gpu_model: {e}", file=sys.stderr)
         return 2
-    print("ESTIMATES from a static model (cubin registers and SASS, H100 figures), not measurements.")
-    print(f"H100 SXM: {DRAM_BW / 1e12:.2f} TB/s DRAM, {SMS} SMs at {CLOCK_HZ / 1e9:.3f} GHz, "
-          f"{DRAM_LATENCY_S * 1e9:.0f} ns DRAM latency; B={BATCH}, k={K}, stride 1, one head, 'mul'.")
-    print(markdown(rows))
+    print("ESTIMATES from a static model (sm_90 cubin registers and SASS, the library's launch plans), "
+          "not measurements.")
+    print(f"B={BATCH}, k={K}, stride 1, one head, 'mul'. Optimistic: the model until issue 18 (peak issue, "
+          "useful lanes, bytes in flight all the time, no waves, no launch cost, peak DRAM).")
+    for g in gpus:
+        print(f"{g.name}: {g.dram_bw / 1e12:.2f} TB/s peak DRAM, copy {copy_bandwidth(g) / 1e12:.2f} TB/s "
+              f"({g.copy_efficiency:.0%}), {g.sms} SMs at {g.clock_hz / 1e9:.3f} GHz, issue {g.sustained_issue} "
+              f"sustained / {g.peak_issue:.0f} peak warp instr/clk/SM, DRAM {g.dram_latency_s * 1e9:.0f} ns, "
+              f"L2 {g.l2_latency_s * 1e9:.0f} ns, {g.launch_s * 1e6:.0f} µs per launch.")
+    print(markdown(rows, kernels=args.markdown))
+    print()
+    print("Issue 18 targets, conservative column, tiled kernels:")
+    for ok, line in targets(rows):
+        print(("PASS " if ok else "MISS ") + line)
     return 0
 
 
