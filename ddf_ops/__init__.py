@@ -6,7 +6,8 @@ and the op's FLOP formula for ``torch.utils.flop_counter``; it then registers th
 autograd Functions of ``_transforms`` that add torch.func transforms and forward-mode AD.
 """
 
-from ._library import has_cuda_kernels, library_path, load_library
+from ._library import build_info, has_cuda_kernels, library_path, load_library
+from ._version import __version__
 
 load_library()
 
@@ -17,5 +18,4 @@ _transforms.register()  # torch.func transforms and forward-mode AD (see _transf
 from . import flops, models, nn, onnx, reference  # noqa: E402,F401  (flops: registers the FLOP formulas)
 from .functional import ddf  # noqa: E402
 
-__all__ = ["ddf", "has_cuda_kernels", "library_path", "models", "nn", "onnx", "reference"]
-__version__ = "0.1.0"
+__all__ = ["build_info", "ddf", "has_cuda_kernels", "library_path", "models", "nn", "onnx", "reference"]
