@@ -7,6 +7,7 @@ op, a module, torch.compile and torch.export without the checkout.
 
 import os
 import sys
+import sysconfig
 
 import torch
 
@@ -16,7 +17,11 @@ from ddf_ops.reference import ddf as reference_ddf
 
 repo = os.path.realpath(sys.argv[1])
 where = os.path.realpath(ddf_ops.__file__)
-assert not where.startswith(repo + os.sep), f"ddf_ops imported from the checkout ({where}), not the wheel"
+site = os.path.realpath(sysconfig.get_paths()["platlib"])
+# The venv may live inside the checkout (make wheel-check puts it under build/): what counts is
+# that the package came from the venv's site-packages, not from the checkout's ddf_ops/.
+assert where.startswith(site + os.sep), f"ddf_ops imported from {where}, not from the venv's {site}"
+assert not where.startswith(os.path.join(repo, "ddf_ops") + os.sep), where
 assert os.path.realpath(ddf_ops.library_path()).startswith(os.path.dirname(where)), ddf_ops.library_path()
 info = ddf_ops.build_info()
 assert info["torch"] is not None and info["torch"].split("+")[0] == torch.__version__.split("+")[0], info
