@@ -19,8 +19,9 @@ TORCH_VERSION := 2.14.1
 # Test-only: hypothesis (property tests), timm (the registry entry points), torchvision
 # (FX feature extraction), onnx/onnxscript/onnxruntime (the ONNX export check), matplotlib
 # (the benchmark plot), pytest-timeout (a deadlocked test fails instead of hanging: the limits
-# are in pyproject.toml), pytest-xdist (test-fast in 2 processes). None is needed to use ddf_ops.
-TEST_DEPS := ninja pytest pytest-timeout==2.4.0 pytest-xdist==3.8.0 expecttest hypothesis timm==1.0.29 torchvision==0.29.1 \
+# are in pyproject.toml), pytest-xdist (test-fast in 2 processes), build (make wheel: PyPA's
+# front end, as `python -m build`). None is needed to use ddf_ops.
+TEST_DEPS := build==1.6.1 ninja pytest pytest-timeout==2.4.0 pytest-xdist==3.8.0 expecttest hypothesis timm==1.0.29 torchvision==0.29.1 \
 	onnx==1.23.2 onnxscript==0.7.2 onnxruntime==1.32.0 matplotlib==3.11.2
 PYTEST_ARGS ?=
 export MAX_JOBS ?= 2
@@ -122,6 +123,26 @@ cpp-example: build cmake-build
 	  -DCMAKE_PREFIX_PATH="$(CURDIR)/$(CPP_EXAMPLE_DIR)/prefix;$(TORCH_CMAKE_PREFIX)"
 	cmake --build $(CPP_EXAMPLE_DIR)/example -j $(MAX_JOBS)
 	$(CPP_EXAMPLE_DIR)/example/ddf_aoti_example $(CPP_EXAMPLE_DIR)/model/ddf_resnet50.pt2 $(CPP_EXAMPLE_DIR)/model/reference.pt
+
+# make wheel - dist/: a wheel (the compiled library, with CUDA kernels when built with them;
+#               its build info; torch==<the release it was compiled against> as its
+#               requirement) and the sdist, built against the installed torch (--no-isolation).
+#               The wheel reuses make build's objects (the same build directory: ninja relinks).
+wheel: build
+	rm -rf dist
+	$(PY) -m build --wheel --sdist --no-isolation --outdir dist .
+
+# make wheel-check - the wheel installed into a fresh venv (pip fetches the torch it requires)
+#               and used from outside the checkout (tools/wheel_smoke.py: the op against the
+#               reference, a module, torch.compile, torch.export); the sdist's contents checked.
+WHEEL_VENV := build/wheel-venv
+.PHONY: wheel wheel-check
+wheel-check: wheel
+	rm -rf $(WHEEL_VENV)
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/python -m pip install --quiet dist/ddf_ops-*.whl
+	cd $(WHEEL_VENV) && bin/python $(CURDIR)/tools/wheel_smoke.py $(CURDIR)
+	$(PY) tools/check_sdist.py dist/ddf_ops-*.tar.gz
 
 bench: build
 	$(PY) -m benchmarks.bench_cpu

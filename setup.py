@@ -39,6 +39,28 @@ def sources(pattern: str) -> list:
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern), recursive=True))
 
 
+def torch_release() -> str:
+    """This torch's release, without the local build tag: "2.14.1" for "2.14.1+cu130"."""
+    return torch.__version__.split("+")[0]
+
+
+def write_build_info(with_cuda: bool) -> None:
+    """ddf_ops/_build_info.py (not in git): what the library is compiled against, which
+    ddf_ops/_library.py checks before loading it (a library built against another torch
+    release fails to load with an undefined C++ symbol, or worse, loads)."""
+    path = os.path.join(ROOT, "ddf_ops", "_build_info.py")
+    text = (
+        '"""Written by setup.py when it builds the library: what the library was compiled against."""\n\n'
+        f"TORCH_VERSION = {torch.__version__!r}\n"
+        f"CUDA_VERSION = {(torch.version.cuda if with_cuda else None)!r}\n"
+        f"CUDA_ARCHS = {(os.environ.get('TORCH_CUDA_ARCH_LIST') if with_cuda else None)!r}\n"
+    )
+    old = open(path).read() if os.path.isfile(path) else None
+    if old != text:  # rewritten only when it changes: no spurious rebuilds of what depends on it
+        with open(path, "w") as f:
+            f.write(text)
+
+
 def extension():
     cpp = sources("csrc/**/*.cpp") + sources("meta/*.cpp")
     # -fopenmp: at::parallel_for is an inline OpenMP region in torch's OpenMP builds (the
@@ -47,10 +69,12 @@ def extension():
     cxx_flags = ["-O3", "-fvisibility=hidden", "-fopenmp"]
     link_flags = ["-fopenmp"]
     if not build_with_cuda():
+        write_build_info(with_cuda=False)
         return CppExtension(
             "ddf_ops._C", cpp, extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags, py_limited_api=True
         )
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
+    write_build_info(with_cuda=True)
     return CUDAExtension(
         "ddf_ops._C",
         cpp + sources("csrc/cuda/*.cu"),
@@ -62,6 +86,9 @@ def extension():
 
 setup(
     packages=find_packages(include=["ddf_ops", "ddf_ops.*"]),
+    # The library links against libtorch's C++ API, which changes between releases: the
+    # wheel requires the release it was compiled against.
+    install_requires=[f"torch=={torch_release()}"],
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     options={"bdist_wheel": {"py_limited_api": "cp39"}},

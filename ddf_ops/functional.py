@@ -42,5 +42,19 @@ def ddf(
     All tensors share one device and one dtype (float32, float64, float16 or bfloat16;
     the half types accumulate in float32). Under ``torch.autocast`` mixed dtypes run in the
     autocast dtype.
+
+    Example:
+        Two heads, stride 2: the spatial filter has ``2*3*3`` channels at the output size.
+
+        >>> import torch
+        >>> import ddf_ops
+        >>> x = torch.randn(2, 8, 9, 9, dtype=torch.float64)
+        >>> channel_filter = torch.randn(2, 8, 3, 3, dtype=torch.float64)
+        >>> spatial_filter = torch.randn(2, 2 * 3 * 3, 5, 5, dtype=torch.float64)
+        >>> out = ddf_ops.ddf(x, channel_filter, spatial_filter, stride=2)
+        >>> out.shape
+        torch.Size([2, 8, 5, 5])
+        >>> torch.allclose(out, ddf_ops.reference.ddf(x, channel_filter, spatial_filter, stride=2))
+        True
     """
     return torch.ops.ddf.ddf.default(input, channel_filter, spatial_filter, stride, dilation, combine)

@@ -15,6 +15,24 @@ read with ``Shape`` at run time), the channels, k and heads must be static.
 onnx and onnxscript are imported only when these functions run, so ``import ddf_ops`` does
 not need them. The translation is written in opset-18 ops (torchlib's); the exporter converts the
 model to its target opset (20 by default in torch 2.14). Only the forward op is translated.
+
+Example:
+    With ``torch.onnx.export`` and the translation table; the graph holds standard ops only:
+
+    >>> import torch
+    >>> import ddf_ops.onnx
+    >>> class Filter(torch.nn.Module):
+    ...     def forward(self, x, channel_filter, spatial_filter):
+    ...         return ddf_ops.ddf(x, channel_filter, spatial_filter, dilation=2)
+    >>> model = Filter().eval()
+    >>> args = (torch.randn(1, 4, 6, 6), torch.randn(1, 4, 3, 3), torch.randn(1, 9, 6, 6))
+    >>> program = torch.onnx.export(
+    ...     model, args, dynamo=True, custom_translation_table=ddf_ops.onnx.translation_table(), verbose=False
+    ... )
+    >>> {node.domain for node in program.model.graph}  # "": the standard ONNX domain
+    {''}
+    >>> torch.allclose(program(*args)[0], model(*args), atol=1e-5)  # run by onnxruntime
+    True
 """
 
 from collections.abc import Callable
@@ -85,7 +103,14 @@ def _translate_ddf(input, channel_filter, spatial_filter, stride: int = 1, dilat
 
 
 def translation_table() -> dict[Callable, Callable]:
-    """``{torch.ops.ddf.ddf.default: translation}`` for ``torch.onnx.export(custom_translation_table=...)``."""
+    """``{torch.ops.ddf.ddf.default: translation}`` for ``torch.onnx.export(custom_translation_table=...)``.
+
+    Example:
+        >>> import torch
+        >>> import ddf_ops.onnx
+        >>> list(ddf_ops.onnx.translation_table()) == [torch.ops.ddf.ddf.default]
+        True
+    """
     return {torch.ops.ddf.ddf.default: _translate_ddf}
 
 
@@ -93,6 +118,24 @@ def export(model: torch.nn.Module, args: tuple, f: Any = None, **kwargs) -> Any:
     """``torch.onnx.export(model, args, f, dynamo=True, **kwargs)`` with ddf's translation added to
     any ``custom_translation_table`` given. Returns the ``ONNXProgram``; pass ``dynamic_shapes``
     (e.g. ``({0: "batch"},)``) for a dynamic batch, as with ``torch.onnx.export``.
+
+    Example:
+        A DDFPack with a dynamic batch (``f=None``: nothing is written; ``verbose=False``:
+        no progress messages), then run by onnxruntime on another batch size:
+
+        >>> import torch
+        >>> import ddf_ops.onnx
+        >>> from ddf_ops.nn import DDFPack
+        >>> model = DDFPack(8, stride=2).eval()
+        >>> program = ddf_ops.onnx.export(
+        ...     model, (torch.randn(2, 8, 7, 7),), dynamic_shapes=({0: "batch"},), verbose=False
+        ... )
+        >>> x = torch.randn(3, 8, 7, 7)
+        >>> (out,) = program(x)
+        >>> out.shape
+        torch.Size([3, 8, 4, 4])
+        >>> torch.allclose(out, model(x), atol=1e-5)
+        True
     """
     if kwargs.pop("dynamo", True) is not True:
         raise ValueError("ddf_ops.onnx.export uses the dynamo exporter (dynamo=True) only")

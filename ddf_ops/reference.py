@@ -3,6 +3,24 @@
 Written for obviousness, not speed: one shifted, strided view of the padded input per tap.
 It is differentiable, traceable and compilable, so the benchmarks also compile it with
 Inductor as the baseline the op has to beat.
+
+Example:
+    The op and the oracle agree, in the values and in the gradients:
+
+    >>> import torch
+    >>> import ddf_ops
+    >>> from ddf_ops import reference
+    >>> x = torch.randn(1, 4, 7, 7, dtype=torch.float64, requires_grad=True)
+    >>> channel_filter = torch.randn(1, 4, 3, 3, dtype=torch.float64)
+    >>> spatial_filter = torch.randn(1, 9, 7, 7, dtype=torch.float64)
+    >>> out = ddf_ops.ddf(x, channel_filter, spatial_filter, dilation=2, combine="add")
+    >>> expected = reference.ddf(x, channel_filter, spatial_filter, dilation=2, combine="add")
+    >>> torch.allclose(out, expected)
+    True
+    >>> (grad,) = torch.autograd.grad(out.sum(), x)
+    >>> (expected_grad,) = torch.autograd.grad(expected.sum(), x)
+    >>> torch.allclose(grad, expected_grad)
+    True
 """
 
 import torch
@@ -18,7 +36,21 @@ def ddf(
     dilation: int = 1,
     combine: str = "mul",
 ) -> Tensor:
-    """Same semantics and arguments as :func:`ddf_ops.ddf` (see ``docs/design.md``)."""
+    """Same semantics and arguments as :func:`ddf_ops.ddf` (see ``docs/design.md``).
+
+    Example:
+        With a spatial filter of ones, "mul" is a depth-wise convolution by the channel filter:
+
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from ddf_ops import reference
+        >>> x = torch.randn(1, 4, 6, 6, dtype=torch.float64)
+        >>> weight = torch.randn(4, 1, 3, 3, dtype=torch.float64)
+        >>> ones = torch.ones(1, 3 * 3, 6, 6, dtype=torch.float64)
+        >>> out = reference.ddf(x, weight.view(1, 4, 3, 3), ones)
+        >>> torch.allclose(out, F.conv2d(x, weight, padding=1, groups=4))
+        True
+    """
     if combine not in ("mul", "add"):
         raise ValueError(f'combine must be "mul" or "add", got {combine!r}')
     B, C, H, W = input.shape
@@ -67,6 +99,27 @@ def ddf_inside_taps(
     Python-integer index arithmetic and nothing is padded, so any stride or dilation (up to
     2**63 - 1) works in memory proportional to the tensors. The oracle of the non-finite and
     huge-stride tests; slow (k*k gathers).
+
+    Example:
+        Tap (0, 0) of output pixel (0, 0) lies outside the image; an infinite spatial filter
+        there gives NaN through the padding in :func:`ddf`, but not here (nor in the op):
+
+        >>> import torch
+        >>> import ddf_ops
+        >>> from ddf_ops.reference import ddf, ddf_inside_taps
+        >>> x = torch.randn(1, 2, 5, 5, dtype=torch.float64)
+        >>> channel_filter = torch.randn(1, 2, 3, 3, dtype=torch.float64)
+        >>> spatial_filter = torch.randn(1, 9, 5, 5, dtype=torch.float64)
+        >>> torch.allclose(ddf_inside_taps(x, channel_filter, spatial_filter), ddf(x, channel_filter, spatial_filter))
+        True
+        >>> spatial_filter[0, 0, 0, 0] = float("inf")
+        >>> bool(ddf(x, channel_filter, spatial_filter)[0, :, 0, 0].isnan().all())
+        True
+        >>> out = ddf_inside_taps(x, channel_filter, spatial_filter)
+        >>> bool(out[0, :, 0, 0].isfinite().all())
+        True
+        >>> torch.allclose(out, ddf_ops.ddf(x, channel_filter, spatial_filter))
+        True
     """
     if combine not in ("mul", "add"):
         raise ValueError(f'combine must be "mul" or "add", got {combine!r}')

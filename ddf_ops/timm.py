@@ -20,6 +20,12 @@ file, ``pretrained_cfg_overlay=dict(file=path)``, which timm loads (preferring
 does the same and also checks that the checkpoint's combine matches the model's.
 
 timm stays optional: ``import ddf_ops`` never imports timm or this module.
+
+Example:
+    >>> import timm
+    >>> import ddf_ops.timm  # noqa: F401  (registers the models)
+    >>> timm.list_models("ddf_*")
+    ['ddf_add_resnet50', 'ddf_add_resnet101', 'ddf_mul_resnet50', 'ddf_mul_resnet101']
 """
 
 from functools import partial
@@ -74,23 +80,71 @@ def _create(variant: str, pretrained: bool, **kwargs) -> ResNet:
 
 @register_model
 def ddf_mul_resnet50(pretrained: bool = False, **kwargs) -> ResNet:
-    """DDF-ResNet-50, combine "mul" (:func:`ddf_ops.models.ddf_resnet50`)."""
+    """DDF-ResNet-50, combine "mul" (:func:`ddf_ops.models.ddf_resnet50`).
+
+    Example:
+        >>> import timm
+        >>> import ddf_ops.timm  # noqa: F401  (registers the models)
+        >>> from ddf_ops.models import count_parameters
+        >>> from ddf_ops.nn import DDFPack
+        >>> model = timm.create_model("ddf_mul_resnet50", num_classes=10)
+        >>> {m.combine for m in model.modules() if isinstance(m, DDFPack)}
+        {'mul'}
+        >>> count_parameters(model)
+        14815238
+    """
     return _create("ddf_mul_resnet50", pretrained, **kwargs)
 
 
 @register_model
 def ddf_add_resnet50(pretrained: bool = False, **kwargs) -> ResNet:
-    """DDF-ResNet-50, combine "add" (:func:`ddf_ops.models.ddf_resnet50`)."""
+    """DDF-ResNet-50, combine "add" (:func:`ddf_ops.models.ddf_resnet50`).
+
+    Example:
+        >>> import timm
+        >>> import ddf_ops.timm  # noqa: F401  (registers the models)
+        >>> from ddf_ops.models import count_parameters
+        >>> from ddf_ops.nn import DDFPack
+        >>> model = timm.create_model("ddf_add_resnet50", num_classes=10)
+        >>> {m.combine for m in model.modules() if isinstance(m, DDFPack)}
+        {'add'}
+        >>> count_parameters(model)
+        14815238
+    """
     return _create("ddf_add_resnet50", pretrained, **kwargs)
 
 
 @register_model
 def ddf_mul_resnet101(pretrained: bool = False, **kwargs) -> ResNet:
-    """DDF-ResNet-101, combine "mul" (:func:`ddf_ops.models.ddf_resnet101`)."""
+    """DDF-ResNet-101, combine "mul" (:func:`ddf_ops.models.ddf_resnet101`).
+
+    Example:
+        >>> import timm
+        >>> import ddf_ops.timm  # noqa: F401  (registers the models)
+        >>> from ddf_ops.models import count_parameters
+        >>> from ddf_ops.nn import DDFPack
+        >>> model = timm.create_model("ddf_mul_resnet101", num_classes=10)
+        >>> {m.combine for m in model.modules() if isinstance(m, DDFPack)}
+        {'mul'}
+        >>> count_parameters(model)
+        26118402
+    """
     return _create("ddf_mul_resnet101", pretrained, **kwargs)
 
 
 @register_model
 def ddf_add_resnet101(pretrained: bool = False, **kwargs) -> ResNet:
-    """DDF-ResNet-101, combine "add" (:func:`ddf_ops.models.ddf_resnet101`)."""
+    """DDF-ResNet-101, combine "add" (:func:`ddf_ops.models.ddf_resnet101`).
+
+    Example:
+        >>> import timm
+        >>> import ddf_ops.timm  # noqa: F401  (registers the models)
+        >>> from ddf_ops.models import count_parameters
+        >>> from ddf_ops.nn import DDFPack
+        >>> model = timm.create_model("ddf_add_resnet101", num_classes=10)
+        >>> {m.combine for m in model.modules() if isinstance(m, DDFPack)}
+        {'add'}
+        >>> count_parameters(model)
+        26118402
+    """
     return _create("ddf_add_resnet101", pretrained, **kwargs)

@@ -119,6 +119,17 @@ def load_official_checkpoint(
     Raises:
         RuntimeError: keys missing, unexpected or of another shape (listed in the message).
         TypeError: ``checkpoint`` is neither a path nor a mapping.
+
+    Example:
+        A timm training checkpoint of a DistributedDataParallel model (``module.`` keys):
+
+        >>> import torch
+        >>> from ddf_ops.models import ddf_resnet, load_official_checkpoint
+        >>> trained = ddf_resnet((1, 1, 1, 1), num_classes=10)
+        >>> checkpoint = {"state_dict": {"module." + k: v for k, v in trained.state_dict().items()}}
+        >>> model = load_official_checkpoint(ddf_resnet((1, 1, 1, 1), num_classes=10), checkpoint)
+        >>> all(torch.equal(v, trained.state_dict()[k]) for k, v in model.state_dict().items())
+        True
     """
     if isinstance(checkpoint, (str, os.PathLike)):
         checkpoint = _read(checkpoint, map_location)

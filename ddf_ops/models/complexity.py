@@ -10,6 +10,14 @@ from .. import flops as _flops  # noqa: F401  (registers the ddf FLOP formulas)
 
 
 def count_parameters(model: nn.Module) -> int:
+    """The number of parameters of ``model`` (every element of every parameter, trainable or not).
+
+    Example:
+        >>> import torch
+        >>> from ddf_ops.models import count_parameters
+        >>> count_parameters(torch.nn.Linear(3, 2))  # 3*2 weights + 2 biases
+        8
+    """
     return sum(parameter.numel() for parameter in model.parameters())
 
 
@@ -18,6 +26,14 @@ def count_flops(build: Callable[[], nn.Module], image_size: int = 224, batch_siz
 
     The model is built and run on the meta device: only shapes are computed, so even
     ResNet-101 at 224x224 takes a fraction of a second and no memory.
+
+    Example:
+        >>> from functools import partial
+        >>> from ddf_ops.models import count_flops, ddf_resnet50, resnet50
+        >>> count_flops(resnet50)
+        8178368512
+        >>> count_flops(partial(ddf_resnet50, combine="add"), batch_size=2)
+        9092174848
     """
     with torch.device("meta"):
         model = build().eval()

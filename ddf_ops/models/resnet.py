@@ -46,7 +46,18 @@ def ddf3x3(width: int, stride: int, combine: str) -> DDFPack:
 
 
 class Bottleneck(nn.Module):
-    """1x1 reduce -> spatial layer (3x3 conv or DDF, carrying the stride) -> 1x1 expand, + shortcut."""
+    """1x1 reduce -> spatial layer (3x3 conv or DDF, carrying the stride) -> 1x1 expand, + shortcut.
+
+    Example:
+        >>> import torch
+        >>> from ddf_ops.models import Bottleneck
+        >>> from ddf_ops.nn import DDFPack
+        >>> block = Bottleneck(64, 32, stride=2, spatial_layer=lambda width, stride: DDFPack(width, stride=stride))
+        >>> block(torch.randn(2, 64, 8, 8)).shape
+        torch.Size([2, 128, 4, 4])
+        >>> block.downsample is not None  # the shortcut changes channels and size too
+        True
+    """
 
     expansion = 4
 
@@ -90,6 +101,20 @@ class ResNet(nn.Module):
 
     Attributes ``num_classes``, ``num_features`` (2048) and ``feature_info`` (the five feature
     maps in timm's format) let timm's helpers and feature wrappers use the model.
+
+    Example:
+        A small ResNet, one bottleneck per stage:
+
+        >>> import torch
+        >>> from ddf_ops.models import ResNet
+        >>> model = ResNet((1, 1, 1, 1), num_classes=10).eval()
+        >>> x = torch.randn(1, 3, 64, 64)
+        >>> model(x).shape
+        torch.Size([1, 10])
+        >>> model.features(x).shape
+        torch.Size([1, 2048, 2, 2])
+        >>> [(info["num_chs"], info["reduction"]) for info in model.feature_info]
+        [(64, 2), (256, 4), (512, 8), (1024, 16), (2048, 32)]
     """
 
     def __init__(
@@ -160,30 +185,80 @@ class ResNet(nn.Module):
 def ddf_resnet(
     layers: tuple[int, ...], combine: str = "mul", num_classes: int = 1000, zero_init_last: bool = True, **kwargs
 ) -> ResNet:
-    """A DDF-ResNet with any number of bottlenecks per stage (``ResNet`` keyword arguments pass through)."""
+    """A DDF-ResNet with any number of bottlenecks per stage (``ResNet`` keyword arguments pass through).
+
+    Example:
+        >>> import torch
+        >>> from ddf_ops.models import ddf_resnet
+        >>> from ddf_ops.nn import DDFPack
+        >>> model = ddf_resnet((1, 1, 2, 1), combine="add", num_classes=10).eval()
+        >>> [m.combine for m in model.modules() if isinstance(m, DDFPack)]
+        ['add', 'add', 'add', 'add', 'add']
+        >>> model(torch.randn(1, 3, 64, 64)).shape
+        torch.Size([1, 10])
+    """
     check_choice("combine", combine, COMBINES)
     return ResNet(layers, partial(ddf3x3, combine=combine), num_classes, zero_init_last, **kwargs)
 
 
 def resnet50(num_classes: int = 1000, zero_init_last: bool = True, **kwargs) -> ResNet:
     """ResNet-50 (torchvision structure; 25,557,032 parameters with 1000 classes).
-    ``zero_init_last``: see :class:`ResNet` (default True, timm's recipe)."""
+    ``zero_init_last``: see :class:`ResNet` (default True, timm's recipe).
+
+    Example:
+        >>> import torch
+        >>> from ddf_ops.models import count_parameters, resnet50
+        >>> model = resnet50().eval()
+        >>> count_parameters(model)
+        25557032
+        >>> model(torch.randn(1, 3, 64, 64)).shape
+        torch.Size([1, 1000])
+    """
     return ResNet(RESNET50_LAYERS, conv3x3, num_classes, zero_init_last, **kwargs)
 
 
 def resnet101(num_classes: int = 1000, zero_init_last: bool = True, **kwargs) -> ResNet:
     """ResNet-101 (torchvision structure; 44,549,160 parameters with 1000 classes).
-    ``zero_init_last``: see :class:`ResNet` (default True, timm's recipe)."""
+    ``zero_init_last``: see :class:`ResNet` (default True, timm's recipe).
+
+    Example:
+        >>> from ddf_ops.models import count_parameters, resnet101
+        >>> count_parameters(resnet101())
+        44549160
+    """
     return ResNet(RESNET101_LAYERS, conv3x3, num_classes, zero_init_last, **kwargs)
 
 
 def ddf_resnet50(combine: str = "mul", num_classes: int = 1000, zero_init_last: bool = True, **kwargs) -> ResNet:
     """DDF-ResNet-50: every bottleneck's 3x3 conv is a DDFPack (16.8M parameters).
-    ``zero_init_last``: see :class:`ResNet` (default True, as the official models)."""
+    ``zero_init_last``: see :class:`ResNet` (default True, as the official models).
+
+    Example:
+        >>> import torch
+        >>> from ddf_ops.models import count_parameters, ddf_resnet50
+        >>> from ddf_ops.nn import DDFPack
+        >>> model = ddf_resnet50(combine="mul").eval()
+        >>> count_parameters(model)
+        16843748
+        >>> sum(isinstance(m, DDFPack) for m in model.modules())  # one per bottleneck
+        16
+        >>> model(torch.randn(1, 3, 64, 64)).shape
+        torch.Size([1, 1000])
+    """
     return ddf_resnet(RESNET50_LAYERS, combine, num_classes, zero_init_last, **kwargs)
 
 
 def ddf_resnet101(combine: str = "mul", num_classes: int = 1000, zero_init_last: bool = True, **kwargs) -> ResNet:
     """DDF-ResNet-101: every bottleneck's 3x3 conv is a DDFPack (28.1M parameters).
-    ``zero_init_last``: see :class:`ResNet` (default True, as the official models)."""
+    ``zero_init_last``: see :class:`ResNet` (default True, as the official models).
+
+    Example:
+        >>> from ddf_ops.models import count_parameters, ddf_resnet101
+        >>> from ddf_ops.nn import DDFPack
+        >>> model = ddf_resnet101(combine="add")
+        >>> count_parameters(model)
+        28146912
+        >>> sum(isinstance(m, DDFPack) for m in model.modules())  # one per bottleneck
+        33
+    """
     return ddf_resnet(RESNET101_LAYERS, combine, num_classes, zero_init_last, **kwargs)

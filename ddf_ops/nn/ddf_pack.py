@@ -35,6 +35,18 @@ class DDFPack(nn.Module):
         nonlinearity: what follows the module, for FilterNorm's gain
             (``torch.nn.init.calculate_gain`` name).
         combine: how the two filters combine per tap: ``"mul"`` or ``"add"``.
+
+    Example:
+        The output has the size of the conv it replaces, here with stride 2 and 2 heads:
+
+        >>> import torch
+        >>> from ddf_ops.nn import DDFPack
+        >>> ddf = DDFPack(16, kernel_size=3, stride=2, head=2)
+        >>> x = torch.randn(2, 16, 9, 9)
+        >>> ddf(x).shape
+        torch.Size([2, 16, 5, 5])
+        >>> torch.nn.Conv2d(16, 16, 3, stride=2, padding=1)(x).shape
+        torch.Size([2, 16, 5, 5])
     """
 
     def __init__(

@@ -46,6 +46,18 @@ class DDFUpPack(nn.Module):
         dw_kernel_size: depth-wise conv size of the unguided spatial branches, odd.
         joint_channels: channels of the guidance ``joint_x``; < 1 means no guidance.
         combine: ``"mul"`` or ``"add"``.
+
+    Example:
+        Unguided, then guided by a 4-channel feature at the low resolution:
+
+        >>> import torch
+        >>> from ddf_ops.nn import DDFUpPack
+        >>> x = torch.randn(1, 8, 5, 7)
+        >>> DDFUpPack(8, scale_factor=2)(x).shape
+        torch.Size([1, 8, 10, 14])
+        >>> guided = DDFUpPack(8, scale_factor=3, joint_channels=4)
+        >>> guided(x, torch.randn(1, 4, 5, 7)).shape
+        torch.Size([1, 8, 15, 21])
     """
 
     def __init__(

@@ -31,6 +31,20 @@ class FilterNorm(nn.Module):
         kernel_size: k, odd, >= 3 (a single tap always normalizes to zero).
         nonlinearity: a name ``torch.nn.init.calculate_gain`` knows.
         running_std: learn the scale instead of using the fixed gain.
+
+    Example:
+        Two 3x3 filters per pixel come out with zero mean and std ``gain = 1/3`` (linear):
+
+        >>> import torch
+        >>> from ddf_ops.nn import FilterNorm
+        >>> norm = FilterNorm(num_filters=2, kernel_size=3)
+        >>> taps = norm(torch.randn(4, 2 * 3 * 3, 5, 5)).unflatten(1, (2, 3 * 3))
+        >>> torch.allclose(taps.mean(dim=2), torch.zeros(()), atol=1e-6)
+        True
+        >>> torch.allclose(taps.std(dim=2), torch.full((), 1 / 3))
+        True
+        >>> FilterNorm(2, 3, running_std=True).std.shape  # one learned scale per tap
+        torch.Size([18])
     """
 
     def __init__(self, num_filters: int, kernel_size: int, nonlinearity: str = "linear", running_std: bool = False):
