@@ -37,6 +37,23 @@ def nearest_and_ddf_fpns(channels=32):
     return nearest, ddf
 
 
+def test_both_upsamplers_start_from_the_same_weights_and_loss():
+    """From one seed, FCOS with either upsampler has the same weights (but DDF-Up's) and loss."""
+    example = load_example("detection")
+    images, targets = map(list, zip(*example.make_dataset(2, 64, seed=0)))
+    models, losses = [], []
+    for upsampler in ("nearest", "ddf"):
+        torch.manual_seed(0)
+        models.append(detection.fcos_resnet50_fpn(4, "ddf_resnet50", upsampler, image_size=64, layers=TINY, out_channels=32))
+        losses.append(models[-1].train()(images, targets))
+    nearest, ddf = (dict(m.state_dict()) for m in models)
+    assert set(ddf) - set(nearest) == {k for k in ddf if k.startswith("backbone.fpn.upsamplers.")}
+    for key, value in nearest.items():
+        assert torch.equal(ddf[key], value), key
+    for name in losses[0]:
+        assert torch.equal(losses[0][name], losses[1][name]), name
+
+
 def test_nearest_fpn_is_torchvisions():
     from torchvision.ops import FeaturePyramidNetwork
 

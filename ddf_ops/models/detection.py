@@ -133,10 +133,16 @@ class ResNetFPN(BackboneWithFPN):
         super().__init__(body, return_layers, in_channels_list, out_channels, extra_blocks)
         self.upsampler = upsampler
         if upsampler == "ddf":
-            # Replaces the FPN BackboneWithFPN built (extra_blocks, already initialized, moves over).
-            self.fpn = DDFUpFeaturePyramidNetwork(
-                in_channels_list, out_channels, extra_blocks, ddf_up_kwargs=ddf_up_kwargs
-            )
+            # Replaces the FPN BackboneWithFPN built, keeping its weights (extra_blocks moves
+            # over as it is). The new modules draw from a forked generator, so the random
+            # numbers drawn after this (a detector's head) are those the nearest variant
+            # draws: from one seed, both variants start with the same weights and outputs.
+            nearest_fpn = self.fpn
+            with torch.random.fork_rng(devices=[]):
+                self.fpn = DDFUpFeaturePyramidNetwork(
+                    in_channels_list, out_channels, extra_blocks, ddf_up_kwargs=ddf_up_kwargs
+                )
+            self.fpn.load_state_dict(nearest_fpn.state_dict(), strict=False)
 
 
 def resnet_fpn(
