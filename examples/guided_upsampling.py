@@ -22,9 +22,9 @@ Methods (the learned ones share one network, only the upsampling layer differs):
 ``guide``: two 3x3 convs on the image, ``pixel_unshuffle`` to the low resolution (each
 low-resolution pixel gets its cell's full-resolution features), then two 3x3 convs there, so
 the spatial filters of DDF-Up's branch ``(i, j)`` are predicted from the full-resolution
-pixels of the cell and of its neighbours (those the filter weights). Each learned model trains for ``--steps`` Adam steps (MSE) on fresh scenes (the same
-scenes for every model), and all are scored by PSNR (depth in [0, 1], peak 1) on held-out
-scenes. A PNG shows a few held-out scenes: image, input, each result, ground truth.
+pixels of the cell and of its neighbours (those the filter weights). Each learned model
+trains for ``--steps`` Adam steps (MSE) on fresh scenes (the same scenes for every model), and
+all are scored by PSNR (depth in [0, 1], peak 1) on held-out scenes. A PNG shows a few held-out scenes: image, input, each result, ground truth.
 """
 
 import argparse
