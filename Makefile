@@ -21,8 +21,9 @@ TORCH_VERSION := 2.14.1
 # (the benchmark plot), pytest-timeout (a deadlocked test fails instead of hanging: the limits
 # are in pyproject.toml), pytest-xdist (test-fast in 2 processes), build (make wheel: PyPA's
 # front end, as `python -m build`). None is needed to use ddf_ops.
+# pycocotools: COCO mAP for the detection example and its tests (torchmetrics' mAP would need it too).
 TEST_DEPS := build==1.6.1 ninja pytest pytest-timeout==2.4.0 pytest-xdist==3.8.0 expecttest hypothesis timm==1.0.29 torchvision==0.29.1 \
-	onnx==1.23.2 onnxscript==0.7.2 onnxruntime==1.32.0 matplotlib==3.11.2
+	onnx==1.23.2 onnxscript==0.7.2 onnxruntime==1.32.0 matplotlib==3.11.2 pycocotools==2.0.11
 PYTEST_ARGS ?=
 export MAX_JOBS ?= 2
 
@@ -103,6 +104,19 @@ test-fast: build
 
 demo: build
 	$(PY) -m ddf_ops $(DEMO_ARGS)
+
+# make detection-example - FCOS on ResNet-50 / DDF-ResNet-50 + FPN (nearest / DDF-Up), trained
+#               from scratch on synthetic shapes, COCO mAP on held-out images (README, "Detection").
+# make upsampling-example - guided x4 depth upsampling: nearest, bilinear, transposed conv,
+#               DDF-Up; PSNR on held-out synthetic scenes and a PNG (README, "Guided upsampling").
+# Both run on the CPU in minutes; DETECTION_ARGS / UPSAMPLING_ARGS pass options (--device cuda, --steps).
+.PHONY: detection-example upsampling-example
+EXAMPLES_DIR ?= build/examples
+detection-example: build
+	PYTHONPATH=. $(PY) examples/detection.py $(DETECTION_ARGS)
+
+upsampling-example: build
+	PYTHONPATH=. $(PY) examples/guided_upsampling.py --out $(EXAMPLES_DIR)/guided_upsampling.png $(UPSAMPLING_ARGS)
 
 # The C++/AOTInductor example, as a libtorch user would do it: the library's CMake build
 # (cmake-build, the one `make test` already made: no second compile of the library, which
