@@ -74,8 +74,17 @@ cuda-emulation: build cmake-build
 	ctest --test-dir $(CMAKE_BUILD_DIR) --output-on-failure -j $(MAX_JOBS) -L cuda_emulation
 	$(REQUIRE_EMULATION) $(REQUIRE_TEST_DEPS) $(PYTEST) tests -m cuda_emulation $(PYTEST_ARGS)
 
+# make test's pytest: two runs whose selections together are every test, each test once.
+#   1. The kernel tier (FAST_SELECTION, below) in one process with torch's default thread
+#      count: the planner takes the thread count, so every reference comparison runs the
+#      kernels' multi-threaded plans and work split, as a user's call would.
+#   2. The rest (compile, export, the emulator, the forced-ISA and other subprocess tests, the
+#      9 GB test) in TEST_WORKERS processes of one OpenMP thread each: these are one core
+#      each (Python, Inductor, the emulator), so two workers halve their time on 2 cores.
+TEST_WORKERS ?= 2
 test: build cmake-test
-	$(REQUIRE_EMULATION) $(REQUIRE_TEST_DEPS) $(PYTEST) tests $(PYTEST_ARGS)
+	$(REQUIRE_EMULATION) $(REQUIRE_TEST_DEPS) $(PYTEST) tests -m "$(FAST_SELECTION)" $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(REQUIRE_EMULATION) $(REQUIRE_TEST_DEPS) $(PYTEST) -n $(TEST_WORKERS) tests -m "not ($(FAST_SELECTION))" $(PYTEST_ARGS)
 
 # make test-fast - the kernel-level tests: the CPU kernels against the float64 reference and
 #               the other oracles (tests/test_oracles.py), gradients, gradcheck and
@@ -176,7 +185,8 @@ cuda-resources: build
 #               leak checks off: CPython's own allocations are not freed at exit).
 SANITIZE_DIR := build/sanitize
 # Every CPU op test file (CI runs them all: a few minutes). AddressSanitizer runs them a few
-# times slower: a per-test limit of 30 minutes instead of pyproject's 10.
+# times slower: a per-test limit of 30 minutes instead of pyproject's 10. TEST_WORKERS
+# processes of one thread each, as make test's second run (the thread-count tests set their own).
 SANITIZE_TESTS ?= tests/test_forward.py tests/test_head_kernel.py tests/test_backward.py tests/test_hostile_inputs.py tests/test_bad_inputs.py \
 	tests/test_fuzz.py tests/test_channels_vectorized.py tests/test_cpu_plan.py tests/test_oracles.py
 # Python with the sanitizer runtimes preloaded and the sanitized library in place of ddf_ops/_C.
@@ -192,7 +202,7 @@ sanitize: $(VENV)/.installed
 	ctest --test-dir $(SANITIZE_DIR) --output-on-failure
 	$(SANITIZED_PY) -c 'import ddf_ops; p = ddf_ops.library_path(); \
 	  assert p.endswith("$(SANITIZE_DIR)/libddf_ops.so"), p; print("ops from", p)'
-	$(SANITIZED_PY) -m pytest -p timeout --timeout=1800 $(SANITIZE_TESTS) -k "not cuda_emulated" -p no:cacheprovider -q $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(SANITIZED_PY) -m pytest -p timeout --timeout=1800 -n $(TEST_WORKERS) $(SANITIZE_TESTS) -k "not cuda_emulated" -p no:cacheprovider -q $(PYTEST_ARGS)
 
 # make cross-aarch64 - compiles the library's C++ sources (CPU kernels, checks, meta,
 #               autograd, autocast) for aarch64 with a cross compiler (Debian's
