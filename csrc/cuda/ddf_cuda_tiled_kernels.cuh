@@ -158,7 +158,8 @@ __global__ void __launch_bounds__(kBlockThreads) tiled_forward_kernel(
     TiledGeometry g) {
   constexpr int KK = K * K, KP = padded_taps(K);
   DDF_DYNAMIC_SHARED(float, smem);
-  __shared__ int nonfinite_mask[kBlockThreads / 32];
+  DDF_STATIC_SHARED(int, nonfinite_mask, kFlagWords);
+  static_assert(sizeof(nonfinite_mask) <= kStaticSharedBytes, "the plan budgets kStaticSharedBytes of static shared memory");
   const BlockTile t = block_tile(g);
   const int tz = threadIdx.z, d = g.dilation, hw = g.halo_w, ch = g.lane_channels, plane = plane_floats(g);
   float* filters = smem + tz * ch * (KP + plane);  // [ch][KP], then the tiles [ch][plane]
@@ -244,7 +245,8 @@ __global__ void __maxnreg__(K == 3 ? 80 : (K == 5 ? 168 : 255)) tiled_grad_input
     TiledGeometry g) {
   constexpr int KK = K * K, KP = padded_taps(K);
   DDF_DYNAMIC_SHARED(float, smem);
-  __shared__ int nonfinite_mask[kBlockThreads / 32];
+  DDF_STATIC_SHARED(int, nonfinite_mask, kFlagWords);
+  static_assert(sizeof(nonfinite_mask) <= kStaticSharedBytes, "the plan budgets kStaticSharedBytes of static shared memory");
   const BlockTile t = block_tile(g);
   const int tz = threadIdx.z, d = g.dilation, hw = g.halo_w, ch = g.lane_channels, plane = plane_floats(g);
   const int HW = g.H * g.W, HoWo = g.Ho * g.Wo;
@@ -379,6 +381,8 @@ __global__ void __maxnreg__(K == 3 ? 128 : (K == 5 ? 200 : 255)) tiled_filter_gr
   constexpr int KK = K * K, KP = padded_taps(K), NP = pow2_ceil(KK);
   using TapSum = WarpTapSum<NP>;
   DDF_DYNAMIC_SHARED(float, smem);
+  DDF_STATIC_SHARED(int, nonfinite_go, kFlagWords);
+  static_assert(sizeof(nonfinite_go) <= kStaticSharedBytes, "the plan budgets kStaticSharedBytes of static shared memory");
   const BlockTile t = block_tile(g);
   const int tz = threadIdx.z, d = g.dilation, hw = g.halo_w, lt = lane_thread(), ch = g.lane_channels;
   const int plane = plane_floats(g), HW = g.H * g.W, HoWo = g.Ho * g.Wo;
@@ -391,7 +395,6 @@ __global__ void __maxnreg__(K == 3 ? 128 : (K == 5 ? 200 : 255)) tiled_filter_gr
   float* lane_warp_sums = smem + blockDim.z * ch * (KP + plane) + tz * warps_per_lane * ch * KK;
   // [lane][u][r][lane thread]: each thread's own grad_output values of a step, after the sums.
   float* go_own = smem + blockDim.z * ch * (KP + plane + warps_per_lane * KK) + tz * ch * R * lane_threads + lt;
-  __shared__ int nonfinite_go[kBlockThreads / 32];
   const bool want_channel = channel_partial != nullptr || grad_channel != nullptr;
   const bool want_spatial = grad_spatial != nullptr || spatial_partial != nullptr;
   const int ox = t.x0 + threadIdx.x, oy0 = t.y0 + threadIdx.y * R;

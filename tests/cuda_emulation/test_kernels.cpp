@@ -295,6 +295,14 @@ void run_case(const Case& c) {
     const ddf::cuda::Path forward = ddf::cuda::launch_forward<T, M>(
         cuda_emu::Launcher(), limits, x.data(), x.strides, cf.data(), cf.strides, sf.data(), sf.strides, out.data(),
         out.strides, g);
+    // The tiled forward is one launch: the emulator saw the static shared bytes the plan
+    // budgets for (and checked them, with the dynamic bytes, against 48 KiB).
+    if (forward == ddf::cuda::Path::Tiled &&
+        cuda_emu::last_launch_static_shared_bytes() != ddf::cuda::tiled::kStaticSharedBytes) {
+      std::fprintf(stderr, "FAILED [%s]: the tiled forward declared %zu bytes of static shared memory, the plan budgets %zu\n",
+                   c.name().c_str(), cuda_emu::last_launch_static_shared_bytes(), ddf::cuda::tiled::kStaticSharedBytes);
+      ++failures;
+    }
     const ddf::cuda::BackwardPaths backward = ddf::cuda::launch_backward<T, M>(
         cuda_emu::Launcher(), workspace, limits, go.data(), go.strides, x.data(), x.strides, cf.data(), cf.strides,
         sf.data(), sf.strides, gi.data(), gi.strides, c.grad_channel ? gcf.data() : nullptr, gcf.strides, gsf.data(),
@@ -381,6 +389,9 @@ std::vector<Case> all_cases(bool subset) {
       {1, 6, 37, 70, 3, 1, 2, 1, Combine::Mul},  {1, 3, 20, 33, 7, 1, 2, 3, Combine::Add},
       {1, 5, 9, 45, 5, 1, 1, 2, Combine::Mul},   {1, 2, 12, 12, 7, 2, 1, 5, Combine::Mul},
       {3, 10, 5, 6, 3, 5, 2, 1, Combine::Add},   {1, 12, 70, 3, 3, 3, 1, 1, Combine::Mul},
+      // The forward's 39x39 halo of 8 channels once took exactly 49,152 bytes of dynamic
+      // shared memory: with the kernel's 32 static bytes, a launch a GPU refuses.
+      {1, 8, 28, 28, 3, 1, 2, 4, Combine::Mul},
   };
   for (DType t : {DType::F32, DType::F16, DType::BF16})
     for (Case c : tiled_geometries) {
@@ -432,6 +443,44 @@ std::vector<Case> all_cases(bool subset) {
   return cases;
 }
 
+// The plan never asks for more dynamic shared memory than 48 KiB less the tiled kernels'
+// static bytes, over k, stride, dilation, map sizes and channel counts (the largest requests
+// sit at the budget's edge: large dilations shrink the block step by step).
+void check_shared_budget() {
+  using namespace ddf::cuda::tiled;
+  static_assert(kMaxDynamicSharedBytes + kStaticSharedBytes == 48 * 1024, "the budget is 48 KiB in all");
+  std::size_t largest = 0;
+  int planned = 0;
+  for (Kernel kernel : {Kernel::Forward, Kernel::GradInput, Kernel::FilterGrads})
+    for (int64_t k : {3, 5, 7})
+      for (int64_t s : {1, 2})
+        for (int64_t d = 1; d <= 16; ++d)
+          for (int64_t size : {7, 14, 28, 56, 57, 112})
+            for (int64_t C : {1, 8, 64}) {
+              const Geometry g{2, C, size, size, k, 1, ddf::output_size(size, s), ddf::output_size(size, s), s, d};
+              const TiledPlan p = plan_tiled(kernel, g, true, true, int64_t(1) << 30, 65535);
+              if (!p.use) continue;
+              ++planned;
+              largest = std::max(largest, p.shared_bytes);
+              if (p.shared_bytes > kMaxDynamicSharedBytes) {
+                std::fprintf(stderr, "FAILED shared memory budget: k=%ld s=%ld d=%ld %ldx%ld C=%ld: %zu dynamic bytes > %zu\n",
+                             long(k), long(s), long(d), long(size), long(size), long(C), p.shared_bytes,
+                             kMaxDynamicSharedBytes);
+                ++failures;
+              }
+            }
+  // The call of issue 18: 8 channels of a 39x39 halo used to ask for exactly 49,152 bytes.
+  const Geometry g{1, 8, 28, 28, 3, 1, 14, 14, 2, 4};
+  const TiledPlan p = plan_tiled(Kernel::Forward, g, true, true, int64_t(1) << 30, 65535);
+  if (!p.use || p.g.halo_h != 39 || p.g.halo_w != 39 || p.shared_bytes + kStaticSharedBytes > 48 * 1024) {
+    std::fprintf(stderr, "FAILED shared memory budget: forward k=3 s=2 d=4 28x28: use=%d halo %dx%d, %zu dynamic bytes\n",
+                 int(p.use), p.g.halo_h, p.g.halo_w, p.shared_bytes);
+    ++failures;
+  }
+  std::printf("shared memory budget: %d plans, largest dynamic request %zu of %zu bytes\n", planned, largest,
+              kMaxDynamicSharedBytes);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -443,6 +492,7 @@ int main(int argc, char** argv) {
     cases.erase(std::remove_if(cases.begin(), cases.end(),
                                [&](const Case& c) { return c.name().find(filter) == std::string::npos; }),
                 cases.end());
+  if (filter == nullptr) check_shared_budget();
   for (const Case& c : cases) run(c);
   if (failures == 0) {
     std::printf("test_kernels: %zu cases (4 results each) passed\n", cases.size());
