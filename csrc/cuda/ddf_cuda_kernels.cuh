@@ -157,8 +157,9 @@ __global__ void __launch_bounds__(kReduceThreads) grad_channel_kernel(
       if (threadIdx.x < stride) partial[threadIdx.x] += partial[threadIdx.x + stride];
       __syncthreads();
     }
+    // No barrier before the next task: after the reduction's last one, only thread 0 reads
+    // partial[], and only partial[0], which no other thread writes (each writes its own slot).
     if (threadIdx.x == 0) gcf[gcs.offset(b, c, i, j)] = narrow<scalar_t>(partial[0]);
-    __syncthreads();  // partial[] is reused by the next task of this block
   }
 }
 

@@ -120,8 +120,9 @@ inline std::size_t shared_floats(Kernel kernel, int k, int s, int d, int tx, int
 
 // g: the call's geometry after the argument checks. contiguous: input, spatial filter (and
 // grad_output) are contiguous NCHW. max_grid_x/y: the launcher's grid limits.
+// target_blocks: 0, or (tests only: GridLimits::target_blocks) the blocks to aim for.
 inline TiledPlan plan_tiled(Kernel kernel, const Geometry& geo, bool contiguous, bool supported_dtype,
-                            int64_t max_grid_x, int64_t max_grid_y) {
+                            int64_t max_grid_x, int64_t max_grid_y, int64_t target_blocks = 0) {
   TiledPlan p;
   const int64_t k = geo.k, s = geo.stride, kk = k * k;
   if (!supported_dtype) return p.reason = "dtype is not float32/float16/bfloat16", p;
@@ -174,7 +175,9 @@ inline TiledPlan plan_tiled(Kernel kernel, const Geometry& geo, bool contiguous,
   const int64_t base_blocks = tiles * geo.B * geo.G;
   const int64_t step_channels = int64_t(tz) * ch;
   const int64_t max_splits = ceil_div(cph, step_channels);
-  const int64_t target = kernel == Kernel::FilterGrads ? kTargetBlocksFilterGrads : kTargetBlocks;
+  const int64_t target = target_blocks > 0                  ? target_blocks
+                         : kernel == Kernel::FilterGrads ? kTargetBlocksFilterGrads
+                                                         : kTargetBlocks;
   const int64_t want = std::min(std::max<int64_t>(ceil_div(target, base_blocks), 1), max_splits);
   const int64_t split_channels = ceil_div(ceil_div(cph, want), step_channels) * step_channels;
   const int64_t splits = ceil_div(cph, split_channels);

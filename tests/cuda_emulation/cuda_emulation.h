@@ -12,6 +12,8 @@
 //     does not compile: the emulator could not learn its size.
 //   - __syncthreads() and __syncwarp() are barriers that check that every thread of the
 //     block (warp) reached the same call site, and that no thread exited the kernel first.
+//     DDF_EMU_SKIP_BARRIER=FILE:LINE makes the __syncthreads() at that call site a no-op, as
+//     if deleted: for proving that some test needs each barrier, without a rebuild.
 //   - Warp shuffles and votes exchange values between the lanes' OS threads; they require
 //     the full mask of the warp's lanes and a power-of-two width.
 //   - __ldg checks the alignment the hardware would fault on; the vector types carry their
