@@ -41,9 +41,19 @@ std::vector<int64_t> cuda_tiled_plan(c10::string_view kernel, int64_t B, int64_t
           p.grid_x, p.g.splits, p.g.split_channels, static_cast<int64_t>(p.shared_bytes)};
 }
 
+// [kMaxSharedBytes, kStaticSharedBytes, kMaxDynamicSharedBytes]: the tiled kernels' shared
+// memory budget per block (static plus dynamic), the static bytes the plan assumes each tiled
+// kernel declares, and the most dynamic memory a plan may request.
+// tests/test_cuda_resources.py checks them against the static bytes in the cubins.
+std::vector<int64_t> cuda_tiled_shared_budget() {
+  using namespace ddf::cuda::tiled;
+  return {int64_t(kMaxSharedBytes), int64_t(kStaticSharedBytes), int64_t(kMaxDynamicSharedBytes)};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(ddf, m) {
+  m.def("_cuda_tiled_shared_budget() -> int[]", &cuda_tiled_shared_budget);
   m.def("_cuda_tiled_plan(str kernel, int B, int C, int H, int W, int k, int G, int stride, int dilation) -> int[]",
         &cuda_tiled_plan);
 }

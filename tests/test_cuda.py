@@ -89,3 +89,27 @@ def test_more_rows_than_one_grid_holds():
     out.sum().backward()
     x, cf, sf = make_inputs(1, 70000, 3, 2, 1, 1, 1, torch.float32, "cuda")
     torch.testing.assert_close(ddf_ops.ddf(x, cf, sf), ddf_ops.reference.ddf(x, cf, sf))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_shared_memory_edge(dtype):
+    """Forward k=3, stride 2, dilation 4 on 28x28: 8 channels of its 39x39 halo once asked for
+    exactly 49,152 bytes of dynamic shared memory, which with the kernel's static bytes a GPU
+    refuses to launch. The plan now budgets static plus dynamic; every result matches the CPU.
+    (make gpu-check runs this test under compute-sanitizer too.)"""
+    budget, static, dynamic = torch.ops.ddf._cuda_tiled_shared_budget()
+    for kernel in ("forward", "grad_input", "filter_grads"):
+        plan = torch.ops.ddf._cuda_tiled_plan(kernel, 2, 8, 28, 28, 3, 1, 2, 4)
+        assert plan[0] == 1 and plan[11] + static <= budget, (kernel, plan)
+    assert torch.ops.ddf._cuda_tiled_plan("forward", 2, 8, 28, 28, 3, 1, 2, 4)[6:8] == [39, 39]
+    x, cf, sf = make_inputs(2, 8, 28, 28, 3, 1, 2, dtype, "cpu", requires_grad=True)
+    go = torch.randn(2, 8, 14, 14).to(dtype)
+    out = ddf_ops.ddf(x, cf, sf, 2, 4)
+    grads = torch.autograd.grad(out, (x, cf, sf), go)
+    xc, cfc, sfc = (t.detach().cuda().requires_grad_() for t in (x, cf, sf))
+    out_c = ddf_ops.ddf(xc, cfc, sfc, 2, 4)
+    grads_c = torch.autograd.grad(out_c, (xc, cfc, sfc), go.cuda())
+    torch.cuda.synchronize()  # a refused launch or a fault surfaces here at the latest
+    tol = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}[dtype]
+    for a, b in zip((out, *grads), (out_c, *grads_c)):
+        torch.testing.assert_close(b.cpu().double(), a.double(), rtol=tol, atol=tol * max(1.0, a.abs().max().item()))

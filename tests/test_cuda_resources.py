@@ -461,6 +461,68 @@ def test_limits_for():
     assert cr.limits_for("sm_120") is None and cr.limits_for("compute_90") is None
 
 
+# The kernels' dynamic shared memory, by kernel-name substring: the tiled kernels' come from
+# the plan (torch.ops.ddf._cuda_tiled_plan); every other kernel is launched with none.
+TILED_PLAN_KERNELS = {
+    "tiled_forward_kernel": "forward",
+    "tiled_grad_input_kernel": "grad_input",
+    "tiled_filter_grads_kernel": "filter_grads",
+}
+
+
+def largest_planned_shared_bytes(kernel):
+    """The most dynamic shared memory the tiled plan asks for, over k, stride, dilation, map
+    sizes and channel counts (large dilations reach the budget's edge)."""
+    import torch
+
+    largest = 0
+    for k in (3, 5, 7):
+        for stride in (1, 2):
+            for dilation in range(1, 17):
+                for size in (7, 14, 28, 56, 57, 112):
+                    for channels in (1, 8, 64):
+                        plan = torch.ops.ddf._cuda_tiled_plan(kernel, 2, channels, size, size, k, 1, stride, dilation)
+                        if plan[0]:
+                            largest = max(largest, plan[11])
+    return largest
+
+
+def test_shared_memory_within_budget(built_library_report):
+    """Static shared memory, read off each cubin, plus the most dynamic shared memory the plan
+    ever requests for that kernel fits in 48 KiB, the limit per block without the opt-in
+    attribute (which the kernels do not set), for every kernel and architecture; and each
+    tiled kernel's static bytes are what the plan budgets for (kStaticSharedBytes)."""
+    import torch
+
+    import ddf_ops  # noqa: F401  (loads LIBRARY's ops)
+
+    if not hasattr(torch.ops.ddf, "_cuda_tiled_shared_budget"):
+        pytest.fail("the built library predates torch.ops.ddf._cuda_tiled_shared_budget: rebuild it (make build)")
+    total, static_budget, dynamic_budget = torch.ops.ddf._cuda_tiled_shared_budget()
+    assert total == 48 * 1024 and static_budget + dynamic_budget == total
+    largest = {name: largest_planned_shared_bytes(kernel) for name, kernel in TILED_PLAN_KERNELS.items()}
+    for name, request in largest.items():
+        # The sweep reaches the budget's edge (so it tests the budget, not small plans) and
+        # never passes it.
+        assert dynamic_budget - 4096 < request <= dynamic_budget, (name, request, dynamic_budget)
+    checked = 0
+    for r in built_library_report.rows:
+        limits = cr.limits_for(r.arch)
+        assert limits is not None, f"{r.compact}: no limits for {r.arch}"
+        static = r.shared
+        if limits.static_smem_includes_reserved and static > 0:
+            static -= limits.reserved_smem_per_block  # sm_90's SHARED counts the reserved 1 KiB
+        tiled = [name for name in TILED_PLAN_KERNELS if name in r.demangled]
+        dynamic = largest[tiled[0]] if tiled else 0
+        assert static + dynamic <= total, (
+            f"{r.compact} [{r.arch}]: {static} B static + {dynamic} B dynamic shared memory > {total} B per block"
+        )
+        if tiled:
+            assert static <= static_budget, f"{r.compact} [{r.arch}]: {static} B static > the plan's {static_budget}"
+            checked += 1
+    assert checked > 0, "no tiled kernel in the library"
+
+
 # ----------------------------------------------------------------------------- the tool
 
 CUOBJDUMP = cr.find_tool("cuobjdump", "CUOBJDUMP")

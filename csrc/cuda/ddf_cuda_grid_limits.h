@@ -13,6 +13,11 @@ namespace cuda {
 struct GridLimits {
   int64_t x = int64_t(1) << 30;
   int64_t y = 65535;
+  // Test-only: when > 0, the blocks the tiled plan aims for instead of its own targets
+  // (kTargetBlocks, kTargetBlocksFilterGrads). The emulator's tests set 1: no head's
+  // channels are split, so on maps small enough to emulate each block walks its channels in
+  // several steps, as blocks of a large batch do on a GPU. Launches on a GPU leave it 0.
+  int64_t target_blocks = 0;
 };
 
 }  // namespace cuda

@@ -28,6 +28,10 @@
 #define DDF_DYNAMIC_SHARED(type, name)                            \
   extern __shared__ __align__(16) unsigned char name##_bytes_[]; \
   type* name = reinterpret_cast<type*>(name##_bytes_)
+// Static shared memory, spelled so that the emulator learns its size: a launch's static plus
+// dynamic bytes must fit the per-block limit (48 KiB without an opt-in), and the emulator
+// checks the sum. Declare it at the top of a kernel, before any branch.
+#define DDF_STATIC_SHARED(type, name, count) __shared__ type name[count]
 #elif !defined(DDF_CUDA_EMULATION)
 #error "ddf_cuda_kernels.cuh is device code: compile it with nvcc, or include tests/cuda_emulation/cuda_emulation.h first"
 #endif
@@ -139,7 +143,7 @@ __global__ void __launch_bounds__(kReduceThreads) grad_channel_kernel(
     scalar_t* __restrict__ gcf, Strides4 gcs,
     Geometry g) {
   using acc_t = typename AccType<scalar_t>::type;
-  __shared__ acc_t partial[kReduceThreads];
+  DDF_STATIC_SHARED(acc_t, partial, kReduceThreads);
   const int64_t kk = g.taps();
   for (int64_t task = blockIdx.x; task < g.B * g.C * kk; task += gridDim.x) {
     const int64_t b = task / (g.C * kk), c = task / kk % g.C, i = task % kk / g.k, j = task % g.k;
@@ -153,8 +157,9 @@ __global__ void __launch_bounds__(kReduceThreads) grad_channel_kernel(
       if (threadIdx.x < stride) partial[threadIdx.x] += partial[threadIdx.x + stride];
       __syncthreads();
     }
+    // No barrier before the next task: after the reduction's last one, only thread 0 reads
+    // partial[], and only partial[0], which no other thread writes (each writes its own slot).
     if (threadIdx.x == 0) gcf[gcs.offset(b, c, i, j)] = narrow<scalar_t>(partial[0]);
-    __syncthreads();  // partial[] is reused by the next task of this block
   }
 }
 

@@ -72,7 +72,7 @@ Path launch_forward(
   const bool contiguous = nchw_contiguous(xs, g.B, g.C, g.H, g.W) &&
       nchw_contiguous(ss, g.B, g.G * g.taps(), g.Ho, g.Wo) && nchw_contiguous(os, g.B, g.C, g.Ho, g.Wo);
   const tiled::TiledPlan p =
-      tiled::plan_tiled(tiled::Kernel::Forward, g, contiguous, kTiledDtype<scalar_t>, limits.x, limits.y);
+      tiled::plan_tiled(tiled::Kernel::Forward, g, contiguous, kTiledDtype<scalar_t>, limits.x, limits.y, limits.target_blocks);
   if constexpr (kTiledDtype<scalar_t>) {
     if (p.use) {
       dispatch_tap_geometry(g.k, g.stride, [&](auto K, auto S) {
@@ -107,7 +107,7 @@ BackwardPaths launch_backward(
   if (gi != nullptr && g.B * g.C * g.H * g.W > 0) {
     const tiled::TiledPlan p = tiled::plan_tiled(tiled::Kernel::GradInput, g,
                                                  inputs_contiguous && nchw_contiguous(gis, g.B, g.C, g.H, g.W),
-                                                 kTiledDtype<scalar_t>, limits.x, limits.y);
+                                                 kTiledDtype<scalar_t>, limits.x, limits.y, limits.target_blocks);
     paths.grad_input = Path::Generic;
     if constexpr (kTiledDtype<scalar_t>) {
       if (p.use) {
@@ -128,7 +128,7 @@ BackwardPaths launch_backward(
   const bool want_spatial = gsf != nullptr && g.B * g.G * kk * g.Ho * g.Wo > 0;
   if (!want_channel && !want_spatial) return paths;
   const tiled::TiledPlan p = tiled::plan_tiled(tiled::Kernel::FilterGrads, g, inputs_contiguous,
-                                               kTiledDtype<scalar_t>, limits.x, limits.y);
+                                               kTiledDtype<scalar_t>, limits.x, limits.y, limits.target_blocks);
   paths.filter_grads = Path::Generic;
   if constexpr (kTiledDtype<scalar_t>) {
     if (p.use) {

@@ -52,8 +52,10 @@ __device__ __forceinline__ BlockTile block_tile(const TiledGeometry& g) {
   t.h = blockIdx.z % g.G;
   t.y0 = int(blockIdx.x) / g.tiles_x * int(blockDim.y) * g.rows_per_thread;
   t.x0 = int(blockIdx.x) % g.tiles_x * int(blockDim.x);
-  t.c_begin = t.h * g.cph + int(blockIdx.y) * g.split_channels;
-  t.c_end = std::min(t.c_begin + g.split_channels, (t.h + 1) * g.cph);
+  t.c_begin = t.h * g.cph + int(blockIdx.y) * g.split_channels;  // < (h + 1) * cph <= C
+  // Not c_begin + split_channels, which may pass C (the head's last split) and, near 2^31
+  // channels, int.
+  t.c_end = t.c_begin + std::min(g.split_channels, (t.h + 1) * g.cph - t.c_begin);
   return t;
 }
 
@@ -63,14 +65,23 @@ __device__ __forceinline__ int plane_floats(const TiledGeometry& g) { return (g.
 __device__ __forceinline__ int lane_thread() { return threadIdx.y * blockDim.x + threadIdx.x; }
 
 // A lane's channels of one step: c0 .. c0 + ch - 1, of which the first `active` exist.
+//
+// Index math rule of these kernels (32-bit, for speed): an index or pointer is formed only
+// where it addresses an element that exists, i.e. behind its guard (u < active, a pixel
+// inside the map, a tap inside the image), or is computed in 64 bits. Every such index is
+// then below 2^31 (the plan's limits), while one formed for a lane past the split's last
+// channel could pass it: signed overflow, undefined even if never dereferenced.
 struct LaneStep {
-  int c0, active;
+  int c0;      // a real channel only when active > 0 (c_begin otherwise: never addressed)
+  int active;  // 0 .. ch
 };
 
 __device__ __forceinline__ LaneStep lane_step(const TiledGeometry& g, const BlockTile& t, int step) {
   LaneStep ls;
-  ls.c0 = t.c_begin + (step * int(blockDim.z) + int(threadIdx.z)) * g.lane_channels;
-  ls.active = std::max(0, std::min(g.lane_channels, t.c_end - ls.c0));
+  // Below split_channels: steps * blockDim.z * lane_channels == split_channels.
+  const int offset = (step * int(blockDim.z) + int(threadIdx.z)) * g.lane_channels;
+  ls.active = std::max(0, std::min(g.lane_channels, (t.c_end - t.c_begin) - offset));
+  ls.c0 = ls.active > 0 ? t.c_begin + offset : t.c_begin;
   return ls;
 }
 
@@ -158,7 +169,8 @@ __global__ void __launch_bounds__(kBlockThreads) tiled_forward_kernel(
     TiledGeometry g) {
   constexpr int KK = K * K, KP = padded_taps(K);
   DDF_DYNAMIC_SHARED(float, smem);
-  __shared__ int nonfinite_mask[kBlockThreads / 32];
+  DDF_STATIC_SHARED(int, nonfinite_mask, kFlagWords);
+  static_assert(sizeof(nonfinite_mask) <= kStaticSharedBytes, "the plan budgets kStaticSharedBytes of static shared memory");
   const BlockTile t = block_tile(g);
   const int tz = threadIdx.z, d = g.dilation, hw = g.halo_w, ch = g.lane_channels, plane = plane_floats(g);
   float* filters = smem + tz * ch * (KP + plane);  // [ch][KP], then the tiles [ch][plane]
@@ -189,20 +201,22 @@ __global__ void __launch_bounds__(kBlockThreads) tiled_forward_kernel(
     stage_planes(ls.active > 0 ? x + (t.b * g.C + ls.c0) * HW : x, HW, ls.active, g.H, g.W,
                  t.y0 * S - g.pad, t.x0 * S - g.pad, x_tiles, plane, g.halo_h, hw);
     __syncthreads();
-    if (!pixel) continue;
+    if (!pixel || ls.active == 0) continue;
     // The inner loop without the checks unless a channel of this step has a non-finite filter.
     const int mask = nonfinite_mask[tz];
-    scalar_t* o = out + (t.b * g.C + ls.c0) * HoWo + oy * g.Wo + ox;
+    // Output indices of real channels only (u < active): each below B*C*Ho*Wo < 2^31.
+    const int o0 = (t.b * g.C + ls.c0) * HoWo + oy * g.Wo + ox;
     const float* xt = x_tiles + at;
     if (mask == 0) {
 #pragma unroll 1
-      for (int u = 0; u < ls.active; ++u, o += HoWo, xt += plane)
-        *o = narrow<scalar_t>(forward_pixel<M, K, S, false>(xt, filters + u * KP, s, g, oy, ox));
+      for (int u = 0; u < ls.active; ++u)
+        out[o0 + u * HoWo] = narrow<scalar_t>(forward_pixel<M, K, S, false>(xt + u * plane, filters + u * KP, s, g, oy, ox));
     } else {
 #pragma unroll 1
-      for (int u = 0; u < ls.active; ++u, o += HoWo, xt += plane)
-        *o = narrow<scalar_t>((mask >> u) & 1 ? forward_pixel<M, K, S, true>(xt, filters + u * KP, s, g, oy, ox)
-                                              : forward_pixel<M, K, S, false>(xt, filters + u * KP, s, g, oy, ox));
+      for (int u = 0; u < ls.active; ++u)
+        out[o0 + u * HoWo] = narrow<scalar_t>(
+            (mask >> u) & 1 ? forward_pixel<M, K, S, true>(xt + u * plane, filters + u * KP, s, g, oy, ox)
+                            : forward_pixel<M, K, S, false>(xt + u * plane, filters + u * KP, s, g, oy, ox));
     }
   }
 }
@@ -244,7 +258,8 @@ __global__ void __maxnreg__(K == 3 ? 80 : (K == 5 ? 168 : 255)) tiled_grad_input
     TiledGeometry g) {
   constexpr int KK = K * K, KP = padded_taps(K);
   DDF_DYNAMIC_SHARED(float, smem);
-  __shared__ int nonfinite_mask[kBlockThreads / 32];
+  DDF_STATIC_SHARED(int, nonfinite_mask, kFlagWords);
+  static_assert(sizeof(nonfinite_mask) <= kStaticSharedBytes, "the plan budgets kStaticSharedBytes of static shared memory");
   const BlockTile t = block_tile(g);
   const int tz = threadIdx.z, d = g.dilation, hw = g.halo_w, ch = g.lane_channels, plane = plane_floats(g);
   const int HW = g.H * g.W, HoWo = g.Ho * g.Wo;
@@ -276,20 +291,22 @@ __global__ void __maxnreg__(K == 3 ? 80 : (K == 5 ? 168 : 255)) tiled_grad_input
     stage_planes(ls.active > 0 ? go + (t.b * g.C + ls.c0) * HoWo : go, HoWo, ls.active, g.Ho, g.Wo, oy_lo,
                  ox_lo, go_tiles, plane, g.halo_h, hw);
     __syncthreads();
-    if (!pixel) continue;
+    if (!pixel || ls.active == 0) continue;
     const int mask = nonfinite_mask[tz];
-    scalar_t* o = gi + (t.b * g.C + ls.c0) * HW + iy * g.W + ix;
-    const float* go_t = go_tiles;
+    // grad_input indices of real channels only (u < active): each below B*C*H*W < 2^31.
+    const int o0 = (t.b * g.C + ls.c0) * HW + iy * g.W + ix;
     if (mask == 0) {
 #pragma unroll 1
-      for (int u = 0; u < ls.active; ++u, o += HW, go_t += plane)
-        *o = narrow<scalar_t>(grad_input_pixel<M, K, S, false>(go_t, filters + u * KP, sf_tile, plane, oy_lo, ox_lo, g, iy, ix));
+      for (int u = 0; u < ls.active; ++u)
+        gi[o0 + u * HW] = narrow<scalar_t>(
+            grad_input_pixel<M, K, S, false>(go_tiles + u * plane, filters + u * KP, sf_tile, plane, oy_lo, ox_lo, g, iy, ix));
     } else {
 #pragma unroll 1
-      for (int u = 0; u < ls.active; ++u, o += HW, go_t += plane)
-        *o = narrow<scalar_t>(
-            (mask >> u) & 1 ? grad_input_pixel<M, K, S, true>(go_t, filters + u * KP, sf_tile, plane, oy_lo, ox_lo, g, iy, ix)
-                            : grad_input_pixel<M, K, S, false>(go_t, filters + u * KP, sf_tile, plane, oy_lo, ox_lo, g, iy, ix));
+      for (int u = 0; u < ls.active; ++u)
+        gi[o0 + u * HW] = narrow<scalar_t>(
+            (mask >> u) & 1
+                ? grad_input_pixel<M, K, S, true>(go_tiles + u * plane, filters + u * KP, sf_tile, plane, oy_lo, ox_lo, g, iy, ix)
+                : grad_input_pixel<M, K, S, false>(go_tiles + u * plane, filters + u * KP, sf_tile, plane, oy_lo, ox_lo, g, iy, ix));
     }
   }
 }
@@ -379,6 +396,8 @@ __global__ void __maxnreg__(K == 3 ? 128 : (K == 5 ? 200 : 255)) tiled_filter_gr
   constexpr int KK = K * K, KP = padded_taps(K), NP = pow2_ceil(KK);
   using TapSum = WarpTapSum<NP>;
   DDF_DYNAMIC_SHARED(float, smem);
+  DDF_STATIC_SHARED(int, nonfinite_go, kFlagWords);
+  static_assert(sizeof(nonfinite_go) <= kStaticSharedBytes, "the plan budgets kStaticSharedBytes of static shared memory");
   const BlockTile t = block_tile(g);
   const int tz = threadIdx.z, d = g.dilation, hw = g.halo_w, lt = lane_thread(), ch = g.lane_channels;
   const int plane = plane_floats(g), HW = g.H * g.W, HoWo = g.Ho * g.Wo;
@@ -391,7 +410,6 @@ __global__ void __maxnreg__(K == 3 ? 128 : (K == 5 ? 200 : 255)) tiled_filter_gr
   float* lane_warp_sums = smem + blockDim.z * ch * (KP + plane) + tz * warps_per_lane * ch * KK;
   // [lane][u][r][lane thread]: each thread's own grad_output values of a step, after the sums.
   float* go_own = smem + blockDim.z * ch * (KP + plane + warps_per_lane * KK) + tz * ch * R * lane_threads + lt;
-  __shared__ int nonfinite_go[kBlockThreads / 32];
   const bool want_channel = channel_partial != nullptr || grad_channel != nullptr;
   const bool want_spatial = grad_spatial != nullptr || spatial_partial != nullptr;
   const int ox = t.x0 + threadIdx.x, oy0 = t.y0 + threadIdx.y * R;

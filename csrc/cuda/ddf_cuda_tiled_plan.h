@@ -5,8 +5,9 @@
 //
 // The tiled path covers what DDF networks use: contiguous NCHW input, spatial filter and
 // grad_output; k in {3, 5, 7}, stride 1 or 2, any dilation (while the staged halo fits in
-// 48 KiB of shared memory); float32, float16 and bfloat16; every tensor below 2^31 elements
-// (32-bit indexing). Everything else runs the generic kernels of ddf_cuda_kernels.cuh.
+// the dynamic shared memory budget, kMaxDynamicSharedBytes); float32, float16 and bfloat16;
+// every tensor below 2^31 elements (32-bit indexing). Everything else runs the generic
+// kernels of ddf_cuda_kernels.cuh.
 #pragma once
 
 #include <algorithm>
@@ -28,7 +29,24 @@ constexpr int64_t kTargetBlocks = 1024;
 // The filter-gradient kernel splits less (about two blocks per SM): each split adds a float
 // partial grad_spatial_filter, written and read back once more.
 constexpr int64_t kTargetBlocksFilterGrads = 264;
-constexpr std::size_t kMaxSharedBytes = 48 * 1024;  // no opt-in attribute needed below this
+// Shared memory per block, static plus dynamic. 48 KiB is what a launch may use without
+// opting in (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize)),
+// and the limit covers the kernel's static __shared__ too. The plan budgets within it rather
+// than opting in: the opt-in limit differs by device (99 KiB on sm_86/89, 163 on sm_80, 227
+// on sm_90), so the plan would depend on the device and the emulated plan would no longer
+// be the one every GPU runs; each of the 108 tiled kernel instances would need the attribute
+// set per device before its first launch; and larger blocks would lower occupancy, which
+// these memory-bound kernels need. The price is a few edge calls staging fewer channels per
+// step.
+constexpr std::size_t kMaxSharedBytes = 48 * 1024;
+// Every tiled kernel's static __shared__: one int per warp (the non-finite flags), declared
+// with kFlagWords so that this stays the kernels' size; the kernels static_assert it, and
+// tests/test_cuda_resources.py reads the static bytes off the cubins and checks them against
+// this budget for every kernel and architecture.
+constexpr int kFlagWords = kBlockThreads / 32;
+constexpr std::size_t kStaticSharedBytes = kFlagWords * sizeof(int);
+// What the plan may request as dynamic shared memory.
+constexpr std::size_t kMaxDynamicSharedBytes = kMaxSharedBytes - kStaticSharedBytes;
 constexpr int kLaneChannels = 8;
 constexpr int64_t kMaxIndex = (int64_t(1) << 31) - 1;
 
@@ -102,8 +120,9 @@ inline std::size_t shared_floats(Kernel kernel, int k, int s, int d, int tx, int
 
 // g: the call's geometry after the argument checks. contiguous: input, spatial filter (and
 // grad_output) are contiguous NCHW. max_grid_x/y: the launcher's grid limits.
+// target_blocks: 0, or (tests only: GridLimits::target_blocks) the blocks to aim for.
 inline TiledPlan plan_tiled(Kernel kernel, const Geometry& geo, bool contiguous, bool supported_dtype,
-                            int64_t max_grid_x, int64_t max_grid_y) {
+                            int64_t max_grid_x, int64_t max_grid_y, int64_t target_blocks = 0) {
   TiledPlan p;
   const int64_t k = geo.k, s = geo.stride, kk = k * k;
   if (!supported_dtype) return p.reason = "dtype is not float32/float16/bfloat16", p;
@@ -139,7 +158,7 @@ inline TiledPlan plan_tiled(Kernel kernel, const Geometry& geo, bool contiguous,
   std::size_t floats = floats_now();
   // Too much shared memory (large dilation, k = 7): fewer channels per step, fewer lanes,
   // then fewer rows.
-  while (floats * 4 > kMaxSharedBytes && (ch > 1 || tz > 1 || tx * ty > 32)) {
+  while (floats * 4 > kMaxDynamicSharedBytes && (ch > 1 || tz > 1 || tx * ty > 32)) {
     if (ch > 1) {
       ch /= 2;
     } else if (tz > 1) {
@@ -149,13 +168,16 @@ inline TiledPlan plan_tiled(Kernel kernel, const Geometry& geo, bool contiguous,
     }
     floats = floats_now();
   }
-  if (floats * 4 > kMaxSharedBytes) return p.reason = "the staged halo needs more than 48 KiB of shared memory", p;
+  if (floats * 4 > kMaxDynamicSharedBytes)
+    return p.reason = "the staged halo needs more shared memory than 48 KiB less the kernels' static bytes", p;
 
   const int64_t tiles_x = ceil_div(map_w, tx), tiles = tiles_x * ceil_div(map_h, int64_t(ty) * rows);
   const int64_t base_blocks = tiles * geo.B * geo.G;
   const int64_t step_channels = int64_t(tz) * ch;
   const int64_t max_splits = ceil_div(cph, step_channels);
-  const int64_t target = kernel == Kernel::FilterGrads ? kTargetBlocksFilterGrads : kTargetBlocks;
+  const int64_t target = target_blocks > 0                  ? target_blocks
+                         : kernel == Kernel::FilterGrads ? kTargetBlocksFilterGrads
+                                                         : kTargetBlocks;
   const int64_t want = std::min(std::max<int64_t>(ceil_div(target, base_blocks), 1), max_splits);
   const int64_t split_channels = ceil_div(ceil_div(cph, want), step_channels) * step_channels;
   const int64_t splits = ceil_div(cph, split_channels);

@@ -5,6 +5,7 @@
 #include <bit>
 #include <cmath>
 #include <condition_variable>
+#include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -17,7 +18,6 @@ namespace cuda_emu {
 namespace {
 
 constexpr unsigned kMaxThreadsPerBlock = 1024;
-constexpr std::size_t kMaxDynamicSharedBytes = 48 * 1024;
 
 std::string site_name(Site s) { return std::string(s.file) + ":" + std::to_string(s.line); }
 
@@ -110,6 +110,10 @@ struct Block {
   std::vector<std::unique_ptr<Warp>> warps;
   std::unique_ptr<unsigned char[]> dynamic_shared;
   std::size_t dynamic_shared_bytes = 0;
+  // The launch's static shared declarations seen so far (a Block lives for one launch).
+  std::mutex static_shared_mutex;
+  std::vector<std::pair<Site, std::size_t>> static_shared;
+  std::size_t static_shared_bytes = 0;
   std::mutex error_mutex;
   std::string error;  // the first fault of the block
 
@@ -194,7 +198,7 @@ void check_launch(dim3 grid, dim3 block, std::size_t shared_bytes) {
   if (grid.y > 65535 || grid.z > 65535) invalid("grid y or z above 65535");
   if (block.x > 1024 || block.y > 1024 || block.z > 64) invalid("block x or y above 1024, or z above 64");
   if (uint64_t(block.x) * block.y * block.z > kMaxThreadsPerBlock) invalid("more than 1024 threads per block");
-  if (shared_bytes > kMaxDynamicSharedBytes) invalid("more than 48 KiB of dynamic shared memory");
+  if (shared_bytes > kMaxSharedBytesPerBlock) invalid("more than 48 KiB of dynamic shared memory");
 }
 
 }  // namespace
@@ -204,7 +208,31 @@ void check_launch(dim3 grid, dim3 block, std::size_t shared_bytes) {
   throw Fault("block " + dim_name(blockIdx) + " thread " + dim_name(threadIdx) + ": " + what);
 }
 
-void sync_block(Site site) { current_block->barrier.arrive_and_wait(site, current_linear_tid); }
+namespace {
+// DDF_EMU_SKIP_BARRIER=FILE:LINE (FILE: the end of the path): the __syncthreads() there does
+// nothing, as if deleted. For proving that the kernel tests need each barrier (a test must
+// fail without it) without a rebuild per barrier.
+const std::string& skipped_barrier() {
+  static const std::string skip = [] {
+    const char* v = std::getenv("DDF_EMU_SKIP_BARRIER");
+    return std::string(v != nullptr ? v : "");
+  }();
+  return skip;
+}
+
+bool is_skipped(Site site) {
+  const std::string& skip = skipped_barrier();
+  if (skip.empty()) return false;
+  const std::string name = site_name(site);
+  return name.size() >= skip.size() && name.compare(name.size() - skip.size(), skip.size(), skip) == 0 &&
+         (name.size() == skip.size() || name[name.size() - skip.size() - 1] == '/');
+}
+}  // namespace
+
+void sync_block(Site site) {
+  if (is_skipped(site)) return;
+  current_block->barrier.arrive_and_wait(site, current_linear_tid);
+}
 
 int lane_id() { return static_cast<int>(current_linear_tid % warpSize); }
 
@@ -256,6 +284,30 @@ void* dynamic_shared_memory(std::size_t alignment) {
   return b.dynamic_shared.get();
 }
 
+namespace {
+std::atomic<std::size_t> last_static_shared{0};
+}  // namespace
+
+void static_shared(Site site, std::size_t bytes) {
+  Block& b = *current_block;
+  std::lock_guard<std::mutex> lock(b.static_shared_mutex);
+  for (const auto& [s, n] : b.static_shared)
+    if (same_site(s, site)) return;
+  b.static_shared.emplace_back(site, bytes);
+  b.static_shared_bytes += bytes;
+  last_static_shared.store(b.static_shared_bytes);
+  if (b.static_shared_bytes + b.dynamic_shared_bytes > kMaxSharedBytesPerBlock) {
+    std::string sites;
+    for (const auto& [s, n] : b.static_shared) sites += " " + std::to_string(n) + " B at " + site_name(s) + ";";
+    fault("invalid launch configuration: " + std::to_string(b.static_shared_bytes) +
+          " bytes of static shared memory (" + sites.substr(1) + ") plus " + std::to_string(b.dynamic_shared_bytes) +
+          " bytes of dynamic shared memory = " + std::to_string(b.static_shared_bytes + b.dynamic_shared_bytes) +
+          " > 48 KiB (49152), the limit per block without the cudaFuncSetAttribute opt-in: a GPU refuses this launch");
+  }
+}
+
+std::size_t last_launch_static_shared_bytes() { return last_static_shared.load(); }
+
 void run_grid(dim3 grid, dim3 block_dim, std::size_t shared_bytes, void (*body)(const void*), const void* context) {
   check_launch(grid, block_dim, shared_bytes);
   // One launch at a time: blocks share the kernels' static __shared__ arrays.
@@ -275,6 +327,7 @@ void run_grid(dim3 grid, dim3 block_dim, std::size_t shared_bytes, void (*body)(
     block.warps.push_back(std::move(warp));
   }
   block.dynamic_shared_bytes = shared_bytes;
+  last_static_shared.store(0);
 
   // Blocks run in a shuffled (but reproducible) order: a GPU promises no order either.
   const uint64_t blocks = uint64_t(grid.x) * grid.y * grid.z;

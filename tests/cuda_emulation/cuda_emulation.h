@@ -5,19 +5,26 @@
 //   - threadIdx, blockIdx, blockDim, gridDim, warpSize; dim3/uint3.
 //   - Every thread of a block is an OS thread (ThreadSanitizer sees their races). Blocks run
 //     one at a time, in a shuffled order (a kernel may not depend on block order).
-//   - __shared__ (static: one copy shared by the threads of the running block) and dynamic
-//     shared memory (DDF_DYNAMIC_SHARED: exactly the requested bytes, filled with 0xff at
-//     block start so an unwritten read shows up as NaN, and a heap block ASan bounds-checks).
+//   - Static shared memory (DDF_STATIC_SHARED: one copy shared by the threads of the running
+//     block; its bytes count against the launch's limit, below) and dynamic shared memory
+//     (DDF_DYNAMIC_SHARED: exactly the requested bytes, filled with 0xff at block start so an
+//     unwritten read shows up as NaN, and a heap block ASan bounds-checks). A bare __shared__
+//     does not compile: the emulator could not learn its size.
 //   - __syncthreads() and __syncwarp() are barriers that check that every thread of the
 //     block (warp) reached the same call site, and that no thread exited the kernel first.
+//     DDF_EMU_SKIP_BARRIER=FILE:LINE makes the __syncthreads() at that call site a no-op, as
+//     if deleted: for proving that some test needs each barrier, without a rebuild.
 //   - Warp shuffles and votes exchange values between the lanes' OS threads; they require
 //     the full mask of the warp's lanes and a power-of-two width.
 //   - __ldg checks the alignment the hardware would fault on; the vector types carry their
 //     CUDA alignment, so UBSan (-fsanitize=alignment) checks every vector access.
 //   - __half / __nv_bfloat16 with the conversion intrinsics, rounding to nearest even.
 //   - Launch limits: at most 1024 threads per block (x, y <= 1024, z <= 64), grid x below
-//     2^31, y and z at most 65535, no empty grid or block, at most 48 KiB of dynamic shared
-//     memory (the default without an opt-in).
+//     2^31, y and z at most 65535, no empty grid or block, and at most 48 KiB of shared memory
+//     per block, static plus dynamic: the limit without cudaFuncSetAttribute's opt-in, which
+//     the kernels do not use and the emulator does not model. A launch's static bytes are
+//     learned as its threads pass the DDF_STATIC_SHARED declarations (declare them before
+//     any branch: a GPU allocates them for every block, used or not).
 // What it does not model: the compiled SASS, the memory model (a host thread sees writes in
 // program order), warp lockstep (lanes run independently between collectives), timing.
 //
@@ -67,9 +74,9 @@ constexpr int warpSize = 32;
 #define __maxnreg__(...)
 #define __restrict__ __restrict
 #define __align__(n) __attribute__((aligned(n)))
-// Function-local statics: one copy, which the threads of the running block share (blocks
-// run one at a time).
-#define __shared__ static
+// Static shared memory is declared with DDF_STATIC_SHARED (below), which tells the emulator
+// its size: a bare __shared__ is a compile error, like any feature the emulator lacks.
+#define __shared__ DDF_CUDA_EMULATION_bare_shared_is_not_emulated_use_DDF_STATIC_SHARED
 // Inline PTX has no host meaning: any use is a compile error under emulation.
 #define asm DDF_CUDA_EMULATION_inline_assembly_is_not_emulated
 #define __asm__ DDF_CUDA_EMULATION_inline_assembly_is_not_emulated
@@ -159,6 +166,14 @@ void warp_exchange_done(Site site);
 int lane_id();
 int warp_lanes();  // lanes that exist in this thread's warp (the last warp may be partial)
 void* dynamic_shared_memory(std::size_t alignment);
+// A thread passed the static shared declaration at `site` (`bytes` long): the first time in a
+// launch, its bytes join the launch's static total, and a launch whose static plus dynamic
+// bytes exceed the limit faults as an invalid launch configuration.
+void static_shared(Site site, std::size_t bytes);
+// The static shared bytes the last launch declared (for tests).
+std::size_t last_launch_static_shared_bytes();
+// At most this much shared memory per block, static plus dynamic, without the opt-in.
+constexpr std::size_t kMaxSharedBytesPerBlock = 48 * 1024;
 
 template <typename T>
 uint64_t to_bits(T v) {
@@ -255,6 +270,12 @@ void check_aligned(const T* p, const char* what) {
 // Dynamic shared memory: `extern __shared__ T name[]` has no host equivalent, so kernels
 // declare it through this macro (ddf_cuda_kernels.cuh defines the nvcc spelling).
 #define DDF_DYNAMIC_SHARED(type, name) type* name = static_cast<type*>(::cuda_emu::dynamic_shared_memory(alignof(type)))
+// Static shared memory, `__shared__ type name[count]` on a GPU: here a function-local static
+// (one copy, which the threads of the running block share: blocks run one at a time) whose
+// size the launch learns.
+#define DDF_STATIC_SHARED(type, name, count) \
+  static type name[count];                   \
+  ::cuda_emu::static_shared(CUDA_EMU_SITE, sizeof(name))
 
 template <typename T>
 T __ldg(const T* p) {

@@ -45,7 +45,7 @@ __global__ void coverage_kernel(int* hits) {
 
 // A tree sum in static shared memory; correct only if __syncthreads is a real barrier.
 __global__ void block_sum_kernel(const int* in, int* out) {
-  __shared__ int partial[256];
+  DDF_STATIC_SHARED(int, partial, 256);
   partial[threadIdx.x] = in[blockIdx.x * 256 + threadIdx.x];
   __syncthreads();
   for (int s = 128; s > 0; s /= 2) {
@@ -80,6 +80,19 @@ __global__ void dynamic_shared_kernel(float* out, int n) {
   smem[threadIdx.x] = float(threadIdx.x);
   __syncthreads();
   out[threadIdx.x] = smem[n - 1 - threadIdx.x];
+}
+
+// 1 KiB + 16 bytes of static shared memory (two declarations), and the dynamic bytes of the
+// launch: their sum must fit in 48 KiB.
+__global__ void static_and_dynamic_shared_kernel(float* out) {
+  DDF_STATIC_SHARED(float, big, 256);
+  DDF_STATIC_SHARED(int, flags, 4);
+  DDF_DYNAMIC_SHARED(float, smem);
+  smem[threadIdx.x] = 1.0f;
+  big[threadIdx.x] = 2.0f;
+  if (threadIdx.x < 4) flags[threadIdx.x] = 3;
+  __syncthreads();
+  out[threadIdx.x] = smem[threadIdx.x] + big[255 - threadIdx.x] + float(flags[threadIdx.x % 4]);
 }
 
 __global__ void shuffle_kernel(int* out, int width) {
@@ -177,6 +190,25 @@ void test_dynamic_shared() {
   expect(std::isnan(out[64]), "dynamic shared memory starts as NaN (0xff), not zero");
   expect_fault([&] { cuda_emu::launch(dynamic_shared_kernel, dim3(1), dim3(64), 0, out.data(), 64); },
                "requested 0 bytes", "dynamic shared memory with none requested");
+}
+
+void test_static_shared_budget() {
+  std::vector<float> out(256, 0.0f);
+  const std::size_t static_bytes = 256 * sizeof(float) + 4 * sizeof(int);
+  // Exactly 48 KiB in all: a GPU launches it.
+  cuda_emu::launch(static_and_dynamic_shared_kernel, dim3(2), dim3(256), 48 * 1024 - static_bytes, out.data());
+  bool ok = true;
+  for (float v : out) ok = ok && v == 6.0f;
+  expect(ok, "static and dynamic shared memory side by side");
+  expect(cuda_emu::last_launch_static_shared_bytes() == static_bytes,
+         "the launch learned its static shared bytes (both declarations, counted once per launch)");
+  // 4 bytes more dynamic memory: 49156 bytes in all, which a GPU refuses without the opt-in,
+  // though the dynamic part alone is below 48 KiB.
+  expect_fault([&] {
+    cuda_emu::launch(static_and_dynamic_shared_kernel, dim3(2), dim3(256), 48 * 1024 - static_bytes + 4, out.data());
+  }, "1040 bytes of static shared memory", "static plus dynamic shared memory over 48 KiB");
+  cuda_emu::launch(dynamic_shared_kernel, dim3(1), dim3(64), 64 * sizeof(float), out.data(), 64);
+  expect(cuda_emu::last_launch_static_shared_bytes() == 0, "a kernel without static shared memory declares none");
 }
 
 void test_shuffles() {
@@ -316,6 +348,7 @@ int main() {
   test_barrier_checks();
   test_launch_limits();
   test_dynamic_shared();
+  test_static_shared_budget();
   test_shuffles();
   test_votes();
   test_ldg_alignment();

@@ -11,8 +11,9 @@
 //     grid-stride loop takes several steps.
 // Results start as NaN, so an element no thread writes fails the comparison.
 //
-//   test_kernels [--subset | --filter TEXT]   --subset: a small set, for ThreadSanitizer;
-//                                             --filter: the cases whose name contains TEXT
+//   test_kernels [--subset | --filter TEXT] [--plans]
+//        --subset: a small set, for ThreadSanitizer; --filter: the cases whose name contains
+//        TEXT; --plans: print each case's tiled plans (lanes, channel steps, tiles)
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -77,16 +78,21 @@ struct Case {
   // Plant inf/NaN at taps that fall outside the image (and inside): a non-finite value must
   // reach exactly the results that depend on it, never through a padding zero (0 * inf).
   bool nonfinite = false;
+  // The tiled plan aims for one block per (batch, head, tile) instead of its own targets
+  // (GridLimits::target_blocks = 1): no head's channels are split, so each block walks all of
+  // them in several channel steps, on maps small enough to emulate (under TSan too).
+  bool whole_heads = false;
   // grad_input stages all k*k spatial-filter planes of its tile: for k = 7 with dilation >= 2
   // they may not fit in 48 KiB, and the generic kernel runs (ddf_cuda_tiled_plan.h).
   bool tiled_grad_input_optional() const { return k == 7 && dilation >= 2; }
 
   std::string name() const {
-    char buf[200];
-    std::snprintf(buf, sizeof(buf), "B=%ld C=%ld H=%ld W=%ld k=%ld G=%ld s=%ld d=%ld %s %s %s%s%s%s%s", long(B), long(C),
+    char buf[240];
+    std::snprintf(buf, sizeof(buf), "B=%ld C=%ld H=%ld W=%ld k=%ld G=%ld s=%ld d=%ld %s %s %s%s%s%s%s%s", long(B), long(C),
                   long(H), long(W), long(k), long(G), long(stride), long(dilation),
                   combine == Combine::Mul ? "mul" : "add", dtype_name(dtype), layout_name(layout),
-                  shrunk_grid ? " shrunk-grid" : "", grad_channel ? "" : " (no grad_channel)", expect_tiled ? " tiled" : "", nonfinite ? " non-finite" : "");
+                  shrunk_grid ? " shrunk-grid" : "", grad_channel ? "" : " (no grad_channel)", expect_tiled ? " tiled" : "", nonfinite ? " non-finite" : "",
+                  whole_heads ? " whole-heads" : "");
     return buf;
   }
 };
@@ -208,6 +214,24 @@ Reference reference(const Case& c, const Geometry& g, const Tensor4<T>& x, const
 }
 
 int failures = 0;
+bool print_plans = false;  // --plans: print each tiled launch's plan
+
+// The tiled plans of a case, one line per kernel: blocks, lanes, channel steps per block.
+void show_plans(const Case& c, const Geometry& g, const ddf::cuda::GridLimits& limits) {
+  using namespace ddf::cuda::tiled;
+  const char* names[3] = {"forward", "grad_input", "filter_grads"};
+  const Kernel kernels[3] = {Kernel::Forward, Kernel::GradInput, Kernel::FilterGrads};
+  for (int i = 0; i < 3; ++i) {
+    const TiledPlan p = plan_tiled(kernels[i], g, true, true, limits.x, limits.y, limits.target_blocks);
+    if (!p.use) continue;
+    const int step = int(p.block_z) * p.g.lane_channels;
+    std::printf("  %-12s block %ux%ux%u, %u tiles x %u splits x %u, %d channels per step, %d steps (last %d channels), "
+                "%zu shared bytes  [%s]\n",
+                names[i], p.block_x, p.block_y, p.block_z, p.grid_x, p.grid_y, p.grid_z, step,
+                p.g.split_channels / step, p.g.cph - (p.g.splits - 1) * p.g.split_channels - (p.g.split_channels / step - 1) * step,
+                p.shared_bytes, c.name().c_str());
+  }
+}
 
 // Compares a result with the reference (in NCHW order), and checks that the rest of its
 // buffer (sliced layout) still holds the sentinel.
@@ -285,6 +309,8 @@ void run_case(const Case& c) {
 
   ddf::cuda::GridLimits limits;
   if (c.shrunk_grid) limits = {2, 2};
+  if (c.whole_heads) limits.target_blocks = 1;
+  if (print_plans) show_plans(c, g, limits);
   std::vector<std::vector<float>> scratch;
   auto workspace = [&](int64_t floats) {
     // NaN-filled: a partial sum the kernels forget to write poisons the result.
@@ -295,6 +321,14 @@ void run_case(const Case& c) {
     const ddf::cuda::Path forward = ddf::cuda::launch_forward<T, M>(
         cuda_emu::Launcher(), limits, x.data(), x.strides, cf.data(), cf.strides, sf.data(), sf.strides, out.data(),
         out.strides, g);
+    // The tiled forward is one launch: the emulator saw the static shared bytes the plan
+    // budgets for (and checked them, with the dynamic bytes, against 48 KiB).
+    if (forward == ddf::cuda::Path::Tiled &&
+        cuda_emu::last_launch_static_shared_bytes() != ddf::cuda::tiled::kStaticSharedBytes) {
+      std::fprintf(stderr, "FAILED [%s]: the tiled forward declared %zu bytes of static shared memory, the plan budgets %zu\n",
+                   c.name().c_str(), cuda_emu::last_launch_static_shared_bytes(), ddf::cuda::tiled::kStaticSharedBytes);
+      ++failures;
+    }
     const ddf::cuda::BackwardPaths backward = ddf::cuda::launch_backward<T, M>(
         cuda_emu::Launcher(), workspace, limits, go.data(), go.strides, x.data(), x.strides, cf.data(), cf.strides,
         sf.data(), sf.strides, gi.data(), gi.strides, c.grad_channel ? gcf.data() : nullptr, gcf.strides, gsf.data(),
@@ -334,8 +368,47 @@ void run(const Case& c) {
   }
 }
 
+// Tiled cases whose blocks take several channel steps (each step's barriers then order one
+// step's readers before the next step's staging), with a partial last step (lanes with fewer
+// channels, or none), over several tiles, for every lane count (blocks of 1, 2, 4 and 8
+// channel lanes) and both strides. ThreadSanitizer runs them all: a race between two steps
+// may pass the plain run's thread schedule. Float32 under TSan, every dtype otherwise.
+std::vector<Case> channel_step_cases() {
+  std::vector<Case> cases = {
+      // 1 lane: 16x40 outputs in 4 tiles (2 for the filter gradients: 2 rows per thread),
+      // 20 channels in steps of 8, 8, 4.
+      {1, 20, 16, 40, 3, 1, 1, 1, Combine::Mul},
+      // 2 lanes: 24 channels in steps of 16 and 8 (lane 1 idle in the last step).
+      {1, 24, 8, 16, 5, 1, 1, 2, Combine::Add},
+      // 4 lanes (8 for the filter gradients: 2 rows per thread): 40 channels, steps of 32, 8.
+      {1, 40, 8, 8, 3, 1, 1, 1, Combine::Mul},
+      // 8 lanes: 80 channels, steps of 64 and 16 (6 lanes idle in the last step).
+      {1, 80, 4, 8, 5, 1, 1, 1, Combine::Add},
+      // Stride 2: grad_input over 20x36 inputs in 6 tiles, 12 channels in steps of 8 and 4;
+      // two heads and two batches.
+      {2, 24, 20, 36, 3, 2, 2, 1, Combine::Mul},
+      // k = 7, stride 2, dilation 2: the largest taps; 2 lanes, steps of 16 and 2.
+      {1, 18, 9, 14, 7, 1, 2, 2, Combine::Add},
+  };
+  // Without grad_channel_filter (output_mask) the filter-gradient kernel has no cross-warp
+  // barrier at the end of a step: only the barrier at the top of the next step keeps its
+  // staging from overwriting tiles that are still being read.
+  for (int i : {0, 1}) {
+    Case c = cases[i];
+    c.grad_channel = false;
+    cases.push_back(c);
+  }
+  for (Case& c : cases) {
+    c.dtype = DType::F32;
+    c.expect_tiled = true;
+    c.whole_heads = true;
+  }
+  return cases;
+}
+
 std::vector<Case> all_cases(bool subset) {
   std::vector<Case> cases;
+  const std::vector<Case> step_cases = channel_step_cases();
   const Combine combines[] = {Combine::Mul, Combine::Add};
   const DType dtypes[] = {DType::F64, DType::F32, DType::F16, DType::BF16};
   const Layout layouts[] = {Layout::NCHW, Layout::ChannelsLast, Layout::Sliced, Layout::Expanded};
@@ -346,6 +419,9 @@ std::vector<Case> all_cases(bool subset) {
     cases.push_back({1, 3, 7, 6, 5, 3, 2, 2, Combine::Add, DType::F32, Layout::ChannelsLast});
     cases.push_back({2, 2, 11, 40, 3, 1, 1, 2, Combine::Mul, DType::F16, Layout::Sliced, true});
     cases.push_back({1, 2, 5, 70, 1, 2, 2, 1, Combine::Add, DType::BF16, Layout::Expanded, true});
+    // The tiled kernels with several channel steps per block, and lanes: TSan sees the
+    // barriers between steps, lanes and warps.
+    cases.insert(cases.end(), step_cases.begin(), step_cases.end());
     return cases;
   }
   // Every (k, stride, dilation, heads, combine) in float64 NCHW, at an odd and an even size;
@@ -381,11 +457,20 @@ std::vector<Case> all_cases(bool subset) {
       {1, 6, 37, 70, 3, 1, 2, 1, Combine::Mul},  {1, 3, 20, 33, 7, 1, 2, 3, Combine::Add},
       {1, 5, 9, 45, 5, 1, 1, 2, Combine::Mul},   {1, 2, 12, 12, 7, 2, 1, 5, Combine::Mul},
       {3, 10, 5, 6, 3, 5, 2, 1, Combine::Add},   {1, 12, 70, 3, 3, 3, 1, 1, Combine::Mul},
+      // The forward's 39x39 halo of 8 channels once took exactly 49,152 bytes of dynamic
+      // shared memory: with the kernel's 32 static bytes, a launch a GPU refuses.
+      {1, 8, 28, 28, 3, 1, 2, 4, Combine::Mul},
   };
   for (DType t : {DType::F32, DType::F16, DType::BF16})
     for (Case c : tiled_geometries) {
       c.dtype = t;
       c.expect_tiled = true;
+      cases.push_back(c);
+    }
+  // Several channel steps per block, in every tiled dtype.
+  for (DType t : {DType::F32, DType::F16, DType::BF16})
+    for (Case c : step_cases) {
+      c.dtype = t;
       cases.push_back(c);
     }
   // Non-finite values, on the tiled and the generic kernels.
@@ -432,17 +517,58 @@ std::vector<Case> all_cases(bool subset) {
   return cases;
 }
 
+// The plan never asks for more dynamic shared memory than 48 KiB less the tiled kernels'
+// static bytes, over k, stride, dilation, map sizes and channel counts (the largest requests
+// sit at the budget's edge: large dilations shrink the block step by step).
+void check_shared_budget() {
+  using namespace ddf::cuda::tiled;
+  static_assert(kMaxDynamicSharedBytes + kStaticSharedBytes == 48 * 1024, "the budget is 48 KiB in all");
+  std::size_t largest = 0;
+  int planned = 0;
+  for (Kernel kernel : {Kernel::Forward, Kernel::GradInput, Kernel::FilterGrads})
+    for (int64_t k : {3, 5, 7})
+      for (int64_t s : {1, 2})
+        for (int64_t d = 1; d <= 16; ++d)
+          for (int64_t size : {7, 14, 28, 56, 57, 112})
+            for (int64_t C : {1, 8, 64}) {
+              const Geometry g{2, C, size, size, k, 1, ddf::output_size(size, s), ddf::output_size(size, s), s, d};
+              const TiledPlan p = plan_tiled(kernel, g, true, true, int64_t(1) << 30, 65535);
+              if (!p.use) continue;
+              ++planned;
+              largest = std::max(largest, p.shared_bytes);
+              if (p.shared_bytes > kMaxDynamicSharedBytes) {
+                std::fprintf(stderr, "FAILED shared memory budget: k=%ld s=%ld d=%ld %ldx%ld C=%ld: %zu dynamic bytes > %zu\n",
+                             long(k), long(s), long(d), long(size), long(size), long(C), p.shared_bytes,
+                             kMaxDynamicSharedBytes);
+                ++failures;
+              }
+            }
+  // The call of issue 18: 8 channels of a 39x39 halo used to ask for exactly 49,152 bytes.
+  const Geometry g{1, 8, 28, 28, 3, 1, 14, 14, 2, 4};
+  const TiledPlan p = plan_tiled(Kernel::Forward, g, true, true, int64_t(1) << 30, 65535);
+  if (!p.use || p.g.halo_h != 39 || p.g.halo_w != 39 || p.shared_bytes + kStaticSharedBytes > 48 * 1024) {
+    std::fprintf(stderr, "FAILED shared memory budget: forward k=3 s=2 d=4 28x28: use=%d halo %dx%d, %zu dynamic bytes\n",
+                 int(p.use), p.g.halo_h, p.g.halo_w, p.shared_bytes);
+    ++failures;
+  }
+  std::printf("shared memory budget: %d plans, largest dynamic request %zu of %zu bytes\n", planned, largest,
+              kMaxDynamicSharedBytes);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const bool subset = argc > 1 && std::strcmp(argv[1], "--subset") == 0;
   // --filter TEXT: only the cases whose name contains TEXT (for debugging).
   const char* filter = argc > 2 && std::strcmp(argv[1], "--filter") == 0 ? argv[2] : nullptr;
+  // --plans after those: print the tiled plans of each case too.
+  print_plans = std::strcmp(argv[argc - 1], "--plans") == 0;
   std::vector<Case> cases = all_cases(subset);
   if (filter != nullptr)
     cases.erase(std::remove_if(cases.begin(), cases.end(),
                                [&](const Case& c) { return c.name().find(filter) == std::string::npos; }),
                 cases.end());
+  if (filter == nullptr) check_shared_budget();
   for (const Case& c : cases) run(c);
   if (failures == 0) {
     std::printf("test_kernels: %zu cases (4 results each) passed\n", cases.size());

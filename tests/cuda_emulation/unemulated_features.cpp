@@ -10,5 +10,8 @@ __global__ void uses_unemulated_feature(float* p) {
   asm volatile("membar.gl;");
 #elif defined(DDF_USE_ACTIVEMASK)
   p[0] = float(__activemask());  // not emulated: lanes do not run in lockstep here
+#elif defined(DDF_USE_SHARED)
+  __shared__ float s[32];  // the emulator could not count its bytes: DDF_STATIC_SHARED
+  p[0] = s[0];
 #endif
 }
