@@ -52,10 +52,8 @@ __device__ __forceinline__ BlockTile block_tile(const TiledGeometry& g) {
   t.h = blockIdx.z % g.G;
   t.y0 = int(blockIdx.x) / g.tiles_x * int(blockDim.y) * g.rows_per_thread;
   t.x0 = int(blockIdx.x) % g.tiles_x * int(blockDim.x);
-  t.c_begin = t.h * g.cph + int(blockIdx.y) * g.split_channels;  // < (h + 1) * cph <= C
-  // Not c_begin + split_channels, which may pass C (the head's last split) and, near 2^31
-  // channels, int.
-  t.c_end = t.c_begin + std::min(g.split_channels, (t.h + 1) * g.cph - t.c_begin);
+  t.c_begin = t.h * g.cph + int(blockIdx.y) * g.split_channels;
+  t.c_end = std::min(t.c_begin + g.split_channels, (t.h + 1) * g.cph);
   return t;
 }
 
@@ -65,23 +63,14 @@ __device__ __forceinline__ int plane_floats(const TiledGeometry& g) { return (g.
 __device__ __forceinline__ int lane_thread() { return threadIdx.y * blockDim.x + threadIdx.x; }
 
 // A lane's channels of one step: c0 .. c0 + ch - 1, of which the first `active` exist.
-//
-// Index math rule of these kernels (32-bit, for speed): an index or pointer is formed only
-// where it addresses an element that exists, i.e. behind its guard (u < active, a pixel
-// inside the map, a tap inside the image), or is computed in 64 bits. Every such index is
-// then below 2^31 (the plan's limits), while one formed for a lane past the split's last
-// channel could pass it: signed overflow, undefined even if never dereferenced.
 struct LaneStep {
-  int c0;      // a real channel only when active > 0 (c_begin otherwise: never addressed)
-  int active;  // 0 .. ch
+  int c0, active;
 };
 
 __device__ __forceinline__ LaneStep lane_step(const TiledGeometry& g, const BlockTile& t, int step) {
   LaneStep ls;
-  // Below split_channels: steps * blockDim.z * lane_channels == split_channels.
-  const int offset = (step * int(blockDim.z) + int(threadIdx.z)) * g.lane_channels;
-  ls.active = std::max(0, std::min(g.lane_channels, (t.c_end - t.c_begin) - offset));
-  ls.c0 = ls.active > 0 ? t.c_begin + offset : t.c_begin;
+  ls.c0 = t.c_begin + (step * int(blockDim.z) + int(threadIdx.z)) * g.lane_channels;
+  ls.active = std::max(0, std::min(g.lane_channels, t.c_end - ls.c0));
   return ls;
 }
 
@@ -201,22 +190,20 @@ __global__ void __launch_bounds__(kBlockThreads) tiled_forward_kernel(
     stage_planes(ls.active > 0 ? x + (t.b * g.C + ls.c0) * HW : x, HW, ls.active, g.H, g.W,
                  t.y0 * S - g.pad, t.x0 * S - g.pad, x_tiles, plane, g.halo_h, hw);
     __syncthreads();
-    if (!pixel || ls.active == 0) continue;
+    if (!pixel) continue;
     // The inner loop without the checks unless a channel of this step has a non-finite filter.
     const int mask = nonfinite_mask[tz];
-    // Output indices of real channels only (u < active): each below B*C*Ho*Wo < 2^31.
-    const int o0 = (t.b * g.C + ls.c0) * HoWo + oy * g.Wo + ox;
+    scalar_t* o = out + (t.b * g.C + ls.c0) * HoWo + oy * g.Wo + ox;
     const float* xt = x_tiles + at;
     if (mask == 0) {
 #pragma unroll 1
-      for (int u = 0; u < ls.active; ++u)
-        out[o0 + u * HoWo] = narrow<scalar_t>(forward_pixel<M, K, S, false>(xt + u * plane, filters + u * KP, s, g, oy, ox));
+      for (int u = 0; u < ls.active; ++u, o += HoWo, xt += plane)
+        *o = narrow<scalar_t>(forward_pixel<M, K, S, false>(xt, filters + u * KP, s, g, oy, ox));
     } else {
 #pragma unroll 1
-      for (int u = 0; u < ls.active; ++u)
-        out[o0 + u * HoWo] = narrow<scalar_t>(
-            (mask >> u) & 1 ? forward_pixel<M, K, S, true>(xt + u * plane, filters + u * KP, s, g, oy, ox)
-                            : forward_pixel<M, K, S, false>(xt + u * plane, filters + u * KP, s, g, oy, ox));
+      for (int u = 0; u < ls.active; ++u, o += HoWo, xt += plane)
+        *o = narrow<scalar_t>((mask >> u) & 1 ? forward_pixel<M, K, S, true>(xt, filters + u * KP, s, g, oy, ox)
+                                              : forward_pixel<M, K, S, false>(xt, filters + u * KP, s, g, oy, ox));
     }
   }
 }
@@ -291,22 +278,20 @@ __global__ void __maxnreg__(K == 3 ? 80 : (K == 5 ? 168 : 255)) tiled_grad_input
     stage_planes(ls.active > 0 ? go + (t.b * g.C + ls.c0) * HoWo : go, HoWo, ls.active, g.Ho, g.Wo, oy_lo,
                  ox_lo, go_tiles, plane, g.halo_h, hw);
     __syncthreads();
-    if (!pixel || ls.active == 0) continue;
+    if (!pixel) continue;
     const int mask = nonfinite_mask[tz];
-    // grad_input indices of real channels only (u < active): each below B*C*H*W < 2^31.
-    const int o0 = (t.b * g.C + ls.c0) * HW + iy * g.W + ix;
+    scalar_t* o = gi + (t.b * g.C + ls.c0) * HW + iy * g.W + ix;
+    const float* go_t = go_tiles;
     if (mask == 0) {
 #pragma unroll 1
-      for (int u = 0; u < ls.active; ++u)
-        gi[o0 + u * HW] = narrow<scalar_t>(
-            grad_input_pixel<M, K, S, false>(go_tiles + u * plane, filters + u * KP, sf_tile, plane, oy_lo, ox_lo, g, iy, ix));
+      for (int u = 0; u < ls.active; ++u, o += HW, go_t += plane)
+        *o = narrow<scalar_t>(grad_input_pixel<M, K, S, false>(go_t, filters + u * KP, sf_tile, plane, oy_lo, ox_lo, g, iy, ix));
     } else {
 #pragma unroll 1
-      for (int u = 0; u < ls.active; ++u)
-        gi[o0 + u * HW] = narrow<scalar_t>(
-            (mask >> u) & 1
-                ? grad_input_pixel<M, K, S, true>(go_tiles + u * plane, filters + u * KP, sf_tile, plane, oy_lo, ox_lo, g, iy, ix)
-                : grad_input_pixel<M, K, S, false>(go_tiles + u * plane, filters + u * KP, sf_tile, plane, oy_lo, ox_lo, g, iy, ix));
+      for (int u = 0; u < ls.active; ++u, o += HW, go_t += plane)
+        *o = narrow<scalar_t>(
+            (mask >> u) & 1 ? grad_input_pixel<M, K, S, true>(go_t, filters + u * KP, sf_tile, plane, oy_lo, ox_lo, g, iy, ix)
+                            : grad_input_pixel<M, K, S, false>(go_t, filters + u * KP, sf_tile, plane, oy_lo, ox_lo, g, iy, ix));
     }
   }
 }
