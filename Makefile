@@ -186,8 +186,7 @@ cuda-resources: build
 #               leak checks off: CPython's own allocations are not freed at exit).
 SANITIZE_DIR := build/sanitize
 # Every CPU op test file (CI runs them all: a few minutes). AddressSanitizer runs them a few
-# times slower: a per-test limit of 30 minutes instead of pyproject's 10. TEST_WORKERS
-# processes of one thread each, as make test's second run (the thread-count tests set their own).
+# times slower: a per-test limit of 30 minutes instead of pyproject's 10.
 SANITIZE_TESTS ?= tests/test_forward.py tests/test_head_kernel.py tests/test_backward.py tests/test_hostile_inputs.py tests/test_bad_inputs.py \
 	tests/test_fuzz.py tests/test_channels_vectorized.py tests/test_cpu_plan.py tests/test_oracles.py
 # Python with the sanitizer runtimes preloaded and the sanitized library in place of ddf_ops/_C.
@@ -203,7 +202,7 @@ sanitize: $(VENV)/.installed
 	ctest --test-dir $(SANITIZE_DIR) --output-on-failure
 	$(SANITIZED_PY) -c 'import ddf_ops; p = ddf_ops.library_path(); \
 	  assert p.endswith("$(SANITIZE_DIR)/libddf_ops.so"), p; print("ops from", p)'
-	OMP_NUM_THREADS=1 $(SANITIZED_PY) -m pytest -p timeout --timeout=1800 -n $(TEST_WORKERS) $(SANITIZE_TESTS) -k "not cuda_emulated" -p no:cacheprovider -q $(PYTEST_ARGS)
+	$(SANITIZED_PY) -m pytest -p timeout --timeout=1800 $(SANITIZE_TESTS) -k "not cuda_emulated" -p no:cacheprovider -q $(PYTEST_ARGS)
 
 # make cross-aarch64 - compiles the library's C++ sources (CPU kernels, checks, meta,
 #               autograd, autocast) for aarch64 with a cross compiler (Debian's
