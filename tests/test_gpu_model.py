@@ -230,13 +230,19 @@ def test_a_tiled_forward_block_by_hand():
     assert (t.full_waves, t.tail_per_sm) == (3, 2)
 
 
-def test_model_on_the_built_library(capsys):
+def built_library_with_cubins():
+    """The built library and cuobjdump, or a (visible) skip when there are no cubins to model."""
     library = cr.default_library()
     cuobjdump = cr.find_tool("cuobjdump", "CUOBJDUMP")
     if torch.version.cuda is None or library is None or cuobjdump is None:
         pytest.skip("needs a CUDA build of the library and cuobjdump (the model reads its cubins)")
     if cr.analyze_library(library).cpu_only:
         pytest.skip("CPU-only build of the library: no cubins to model")
+    return library, cuobjdump
+
+
+def test_model_on_the_built_library(capsys):
+    library, _ = built_library_with_cubins()
     assert gm.main(["--library", library, "--markdown"]) == 0
     out = capsys.readouterr().out
     assert "ESTIMATES" in out
@@ -249,12 +255,7 @@ def test_model_on_the_built_library(capsys):
 
 
 def test_model_columns_on_the_built_library():
-    library = cr.default_library()
-    cuobjdump = cr.find_tool("cuobjdump", "CUOBJDUMP")
-    if torch.version.cuda is None or library is None or cuobjdump is None:
-        pytest.skip("needs a CUDA build of the library and cuobjdump (the model reads its cubins)")
-    if cr.analyze_library(library).cpu_only:
-        pytest.skip("CPU-only build of the library: no cubins to model")
+    library, cuobjdump = built_library_with_cubins()
     import subprocess
     text = subprocess.run([cuobjdump, "-sass", "-arch", "sm_90", library], capture_output=True, text=True).stdout
     res = cr.parse_res_usage(subprocess.run([cuobjdump, "-res-usage", library], capture_output=True, text=True).stdout)
