@@ -1,5 +1,6 @@
-// The emulator's runtime: a pool of OS threads that run one block at a time, checked
-// barriers, warp collectives, launch checks and the half-type conversions.
+// The emulator's runtime: a block's threads as fibers (fibers.h) or, under ThreadSanitizer,
+// a pool of OS threads, one block at a time; checked barriers, warp collectives, launch
+// checks and the half-type conversions.
 #include <algorithm>
 #include <atomic>
 #include <bit>
@@ -12,10 +13,26 @@
 #include <thread>
 #include <vector>
 
+// Before cuda_emulation.h, which makes inline assembly a compile error (fibers.h has some).
+#include "fibers.h"
 #include "cuda_emulation.h"
 
 namespace cuda_emu {
 namespace {
+
+// Fibers, except under ThreadSanitizer (which must see each thread as an OS thread to find
+// races) or with DDF_EMU_THREADS=os (the OS-thread pool in any build, e.g. to compare).
+bool use_fibers() {
+#if defined(__SANITIZE_THREAD__)
+  return false;
+#else
+  static const bool fibers = [] {
+    const char* v = std::getenv("DDF_EMU_THREADS");
+    return v == nullptr || std::strcmp(v, "os") != 0;
+  }();
+  return fibers;
+#endif
+}
 
 constexpr unsigned kMaxThreadsPerBlock = 1024;
 
@@ -33,7 +50,8 @@ struct Aborted {};
 // A barrier for a fixed set of threads that also checks that they all arrive at one call
 // site and that none of them exited the kernel instead. Lock-free: one atomic counts
 // arrivals (low half) and exits (high half); whoever completes the count checks the call
-// sites and releases the waiters, who sleep on an atomic phase (one futex wake for all).
+// sites and releases the waiters, who sleep on an atomic phase (one futex wake for all), or
+// as fibers yield until the phase moves.
 class Barrier {
  public:
   void reset(int participants, const char* what) {
@@ -49,6 +67,7 @@ class Barrier {
     const uint64_t phase = phase_.load();
     if (phase & kAborted) throw Aborted();
     sites_[index] = site;
+    if (use_fibers()) Fibers::note_progress();
     const uint64_t count = count_.fetch_add(1) + 1;
     const uint64_t arrived = count & kHalf, left = count >> 32;
     if (arrived + left == uint64_t(participants_)) {
@@ -67,7 +86,11 @@ class Barrier {
       phase_.notify_all();
       return;
     }
-    for (uint64_t now = phase_.load(); now == phase; now = phase_.load()) phase_.wait(phase);
+    if (use_fibers()) {
+      while (phase_.load() == phase) Fibers::yield();
+    } else {
+      for (uint64_t now = phase_.load(); now == phase; now = phase_.load()) phase_.wait(phase);
+    }
     if ((phase_.load() & ~kAborted) == phase) throw Aborted();  // released by abort(), not by the last arrival
   }
 
@@ -132,7 +155,8 @@ thread_local unsigned current_linear_tid = 0;
 
 Warp& current_warp() { return *current_block->warps[current_linear_tid / warpSize]; }
 
-// Worker threads, reused across blocks and launches; worker i runs thread i of each block.
+// Under ThreadSanitizer: worker threads, reused across blocks and launches; worker i runs
+// thread i of each block.
 // Each worker waits on its own atomic "go" counter; the last one to finish wakes the host.
 class Pool {
  public:
@@ -313,6 +337,7 @@ void run_grid(dim3 grid, dim3 block_dim, std::size_t shared_bytes, void (*body)(
   // One launch at a time: blocks share the kernels' static __shared__ arrays.
   static std::mutex launch_mutex;
   static Pool pool;
+  static Fibers fibers;
   static uint64_t launches = 0;
   std::lock_guard<std::mutex> lock(launch_mutex);
 
@@ -333,8 +358,26 @@ void run_grid(dim3 grid, dim3 block_dim, std::size_t shared_bytes, void (*body)(
   const uint64_t blocks = uint64_t(grid.x) * grid.y * grid.z;
   std::vector<uint64_t> order(blocks);
   for (uint64_t i = 0; i < blocks; ++i) order[i] = i;
-  std::shuffle(order.begin(), order.end(), std::mt19937_64(++launches));
-
+  std::mt19937_64 random(++launches);
+  std::shuffle(order.begin(), order.end(), random);
+  // Fibers: the warps of each block take turns in a shuffled order, lanes shuffled within
+  // each warp, and each warp runs as far as it can before the next one starts (Fibers::run):
+  // a missing __syncthreads lets a whole warp run through a phase before another warp has
+  // begun it (a thread order shuffled across warps would leave only a few threads behind, and
+  // a warp collective would act as a barrier). Shuffled, so that each warp (and lane) runs
+  // both before and after the others across blocks.
+  std::vector<std::vector<unsigned>> thread_order(warps);
+  std::vector<unsigned> warp_order(warps);
+  for (unsigned w = 0; w < warps; ++w) warp_order[w] = w;
+  const auto shuffle_threads = [&] {
+    std::shuffle(warp_order.begin(), warp_order.end(), random);
+    for (unsigned k = 0; k < warps; ++k) {
+      const unsigned w = warp_order[k], first = w * warpSize;
+      thread_order[k].resize(std::min<unsigned>(warpSize, block.threads - first));
+      for (unsigned l = 0; l < thread_order[k].size(); ++l) thread_order[k][l] = first + l;
+      std::shuffle(thread_order[k].begin(), thread_order[k].end(), random);
+    }
+  };
   for (const uint64_t linear : order) {
     const uint3 block_idx{unsigned(linear % grid.x), unsigned(linear / grid.x % grid.y),
                           unsigned(linear / (uint64_t(grid.x) * grid.y))};
@@ -345,13 +388,17 @@ void run_grid(dim3 grid, dim3 block_dim, std::size_t shared_bytes, void (*body)(
       block.dynamic_shared = std::make_unique<unsigned char[]>(shared_bytes);
       std::memset(block.dynamic_shared.get(), 0xff, shared_bytes);
     }
-    pool.run(block.threads, [&](unsigned tid) {
+    // The thread-local state of thread `tid` (on its OS thread, or before its fiber runs).
+    const auto enter = [&](unsigned tid) {
       threadIdx = {tid % block_dim.x, tid / block_dim.x % block_dim.y, tid / (block_dim.x * block_dim.y)};
       blockIdx = block_idx;
       blockDim = block_dim;
       gridDim = grid;
       current_block = &block;
       current_linear_tid = tid;
+    };
+    const std::function<void(unsigned)> thread = [&](unsigned tid) {
+      if (!use_fibers()) enter(tid);
       try {
         body(context);
         block.barrier.leave();
@@ -362,9 +409,21 @@ void run_grid(dim3 grid, dim3 block_dim, std::size_t shared_bytes, void (*body)(
         // another thread of the block faulted; its message is the one reported
       } catch (const std::exception& e) {
         block.fail("block " + dim_name(blockIdx) + " thread " + dim_name(threadIdx) + ": " + e.what());
+      } catch (...) {
+        block.fail("block " + dim_name(blockIdx) + " thread " + dim_name(threadIdx) + ": a non-standard exception");
       }
       current_block = nullptr;
-    });
+    };
+    if (use_fibers()) {
+      shuffle_threads();
+      fibers.run(thread_order, thread, enter, [&] {
+        block.fail("block " + dim_name(block_idx) + ": deadlock: every thread that has not exited waits at a "
+                   "barrier or warp collective that cannot complete");
+      });
+      current_block = nullptr;
+    } else {
+      pool.run(block.threads, thread);
+    }
     if (!block.error.empty()) throw Fault(block.error);
   }
 }

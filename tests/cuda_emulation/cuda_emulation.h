@@ -3,8 +3,14 @@
 //
 // What it models:
 //   - threadIdx, blockIdx, blockDim, gridDim, warpSize; dim3/uint3.
-//   - Every thread of a block is an OS thread (ThreadSanitizer sees their races). Blocks run
-//     one at a time, in a shuffled order (a kernel may not depend on block order).
+//   - Every thread of a block is a fiber (fibers.h): the block's warps take turns in a
+//     shuffled order, lanes shuffled within each warp, and each warp runs as far as its
+//     barriers and collectives let it before the next warp starts, so that a missing
+//     __syncthreads shows on every run. Under ThreadSanitizer (or DDF_EMU_THREADS=os) every
+//     thread is an OS thread instead, so that TSan sees their races. Blocks run one at a time,
+//     in a shuffled order (a kernel may not depend on block order). A block whose threads all
+//     wait at barriers or collectives that cannot complete faults as a deadlock (fibers only:
+//     OS threads hang, as a GPU does).
 //   - Static shared memory (DDF_STATIC_SHARED: one copy shared by the threads of the running
 //     block; its bytes count against the launch's limit, below) and dynamic shared memory
 //     (DDF_DYNAMIC_SHARED: exactly the requested bytes, filled with 0xff at block start so an
@@ -14,7 +20,7 @@
 //     block (warp) reached the same call site, and that no thread exited the kernel first.
 //     DDF_EMU_SKIP_BARRIER=FILE:LINE makes the __syncthreads() at that call site a no-op, as
 //     if deleted: for proving that some test needs each barrier, without a rebuild.
-//   - Warp shuffles and votes exchange values between the lanes' OS threads; they require
+//   - Warp shuffles and votes exchange values between the lanes' threads; they require
 //     the full mask of the warp's lanes and a power-of-two width.
 //   - __ldg checks the alignment the hardware would fault on; the vector types carry their
 //     CUDA alignment, so UBSan (-fsanitize=alignment) checks every vector access.
@@ -25,8 +31,9 @@
 //     the kernels do not use and the emulator does not model. A launch's static bytes are
 //     learned as its threads pass the DDF_STATIC_SHARED declarations (declare them before
 //     any branch: a GPU allocates them for every block, used or not).
-// What it does not model: the compiled SASS, the memory model (a host thread sees writes in
-// program order), warp lockstep (lanes run independently between collectives), timing.
+// What it does not model: the compiled SASS, the memory model (a thread sees every write
+// made before it in host program order), warp lockstep (lanes run independently between
+// collectives), timing.
 //
 // Anything not defined here fails to compile under emulation; inline assembly (PTX) is
 // rejected outright. Add a feature here, with its real semantics and a test in
@@ -58,7 +65,7 @@ struct dim3 {
   constexpr dim3(unsigned int vx = 1, unsigned int vy = 1, unsigned int vz = 1) : x(vx), y(vy), z(vz) {}
 };
 
-// Per OS thread, set by the emulator before a thread runs the kernel.
+// Per OS thread, set by the emulator before a thread runs (or a fiber resumes) the kernel.
 inline thread_local uint3 threadIdx{0, 0, 0};
 inline thread_local uint3 blockIdx{0, 0, 0};
 inline thread_local dim3 blockDim{0, 0, 0};

@@ -68,6 +68,26 @@ __global__ void early_exit_kernel() {
   __syncthreads();
 }
 
+// Lane 0 waits at a warp barrier that its warp's other lanes never reach (they wait at the
+// block's): a deadlock on a GPU too.
+__global__ void deadlock_kernel() {
+  if (threadIdx.x == 0) {
+    __syncwarp();
+  } else {
+    __syncthreads();
+  }
+}
+
+// Thread 0 publishes a value with no barrier: other threads see it or not, depending on which
+// ran first. A shuffled thread order shows both.
+__global__ void unordered_kernel(int* seen) {
+  DDF_STATIC_SHARED(int, flag, 1);
+  if (threadIdx.x == 0) flag[0] = 1 + int(blockIdx.x);
+  seen[blockIdx.x * blockDim.x + threadIdx.x] = flag[0] == 1 + int(blockIdx.x);
+  __syncthreads();
+  if (threadIdx.x == 0) flag[0] = 0;
+}
+
 __global__ void faulting_kernel(const float4* p) {
   if (threadIdx.x == 5) (void)__ldg(p);
   __syncthreads();  // the other threads must be released, not hang
@@ -157,6 +177,22 @@ void test_barrier_checks() {
                "__syncthreads at two call sites");
   expect_fault([] { cuda_emu::launch(early_exit_kernel, dim3(2), dim3(32), 0); }, "exited",
                "a thread returns before the others' __syncthreads");
+#if !defined(__SANITIZE_THREAD__)
+  // Fibers (every build but ThreadSanitizer's) see that no thread can move on; OS threads
+  // would hang there, as a GPU does.
+  expect_fault([] { cuda_emu::launch(deadlock_kernel, dim3(1), dim3(64), 0); }, "deadlock",
+               "a warp barrier that one lane waits at while the others wait at __syncthreads");
+  {
+    // The threads of each block take turns in a shuffled order: over 64 blocks, thread 5 runs
+    // both before and after thread 0 (a fixed order would hide a missing barrier's race one way).
+    std::vector<int> seen(64 * 32, -1);
+    cuda_emu::launch(unordered_kernel, dim3(64), dim3(32), 0, seen.data());
+    int after = 0;
+    for (int b = 0; b < 64; ++b) after += seen[b * 32 + 5];
+    expect(after > 0 && after < 64, "thread 5 ran after thread 0 in " + std::to_string(after) +
+                                        " of 64 blocks: the thread order is not shuffled");
+  }
+#endif
   alignas(16) float buf[8] = {};
   const float4* misaligned = reinterpret_cast<const float4*>(buf + 1);
   expect_fault([&] { cuda_emu::launch(faulting_kernel, dim3(1), dim3(64), 0, misaligned); }, "thread (5,0,0)",

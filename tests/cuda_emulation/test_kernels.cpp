@@ -11,9 +11,10 @@
 //     grid-stride loop takes several steps.
 // Results start as NaN, so an element no thread writes fails the comparison.
 //
-//   test_kernels [--subset | --filter TEXT] [--plans]
+//   test_kernels [--subset | --filter TEXT] [--plans] [--fail-fast]
 //        --subset: a small set, for ThreadSanitizer; --filter: the cases whose name contains
-//        TEXT; --plans: print each case's tiled plans (lanes, channel steps, tiles)
+//        TEXT; --plans: print each case's tiled plans (lanes, channel steps, tiles);
+//        --fail-fast: stop after the first failing case (barriers_needed.cmake)
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -558,18 +559,32 @@ void check_shared_budget() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const bool subset = argc > 1 && std::strcmp(argv[1], "--subset") == 0;
-  // --filter TEXT: only the cases whose name contains TEXT (for debugging).
-  const char* filter = argc > 2 && std::strcmp(argv[1], "--filter") == 0 ? argv[2] : nullptr;
-  // --plans after those: print the tiled plans of each case too.
-  print_plans = std::strcmp(argv[argc - 1], "--plans") == 0;
+  bool subset = false, fail_fast = false;
+  const char* filter = nullptr;  // only the cases whose name contains it (for debugging)
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--subset") == 0) {
+      subset = true;
+    } else if (std::strcmp(argv[i], "--filter") == 0 && i + 1 < argc) {
+      filter = argv[++i];
+    } else if (std::strcmp(argv[i], "--plans") == 0) {
+      print_plans = true;
+    } else if (std::strcmp(argv[i], "--fail-fast") == 0) {
+      fail_fast = true;
+    } else {
+      std::fprintf(stderr, "test_kernels: unknown argument %s\n", argv[i]);
+      return 2;
+    }
+  }
   std::vector<Case> cases = all_cases(subset);
   if (filter != nullptr)
     cases.erase(std::remove_if(cases.begin(), cases.end(),
                                [&](const Case& c) { return c.name().find(filter) == std::string::npos; }),
                 cases.end());
   if (filter == nullptr) check_shared_budget();
-  for (const Case& c : cases) run(c);
+  for (const Case& c : cases) {
+    run(c);
+    if (fail_fast && failures > 0) break;
+  }
   if (failures == 0) {
     std::printf("test_kernels: %zu cases (4 results each) passed\n", cases.size());
     return 0;
