@@ -84,8 +84,9 @@ cuda-emulation: build cmake-build
 #      each (Python, Inductor, the emulator), so two workers halve their time on 2 cores.
 TEST_WORKERS ?= 2
 test: build cmake-test
-	$(REQUIRE_EMULATION) $(REQUIRE_TEST_DEPS) $(PYTEST) tests -m "$(FAST_SELECTION)" $(PYTEST_ARGS)
-	OMP_NUM_THREADS=1 $(REQUIRE_EMULATION) $(REQUIRE_TEST_DEPS) $(PYTEST) -n $(TEST_WORKERS) tests -m "not ($(FAST_SELECTION))" $(PYTEST_ARGS)
+	$(REQUIRE_EMULATION) $(REQUIRE_TEST_DEPS) $(PYTEST) tests -m "$(FAST_SELECTION)" --durations=10 $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(REQUIRE_EMULATION) $(REQUIRE_TEST_DEPS) $(PYTEST) -n $(TEST_WORKERS) tests -m "not ($(FAST_SELECTION))" \
+	  --durations=10 $(PYTEST_ARGS)
 
 # make test-fast - the kernel-level tests: the CPU kernels against the float64 reference and
 #               the other oracles (tests/test_oracles.py), gradients, gradcheck and
@@ -186,7 +187,10 @@ cuda-resources: build
 #               leak checks off: CPython's own allocations are not freed at exit).
 SANITIZE_DIR := build/sanitize
 # Every CPU op test file (CI runs them all: a few minutes). AddressSanitizer runs them a few
-# times slower: a per-test limit of 30 minutes instead of pyproject's 10.
+# times slower: a per-test limit of 30 minutes instead of pyproject's 10. In TEST_WORKERS
+# processes of one OpenMP thread, as make test's second run (3.7 min in one process, 2 on 2
+# cores); the thread-count tests among them set their own counts, so the kernels' work split
+# across threads still runs under the sanitizers.
 SANITIZE_TESTS ?= tests/test_forward.py tests/test_head_kernel.py tests/test_backward.py tests/test_hostile_inputs.py tests/test_bad_inputs.py \
 	tests/test_fuzz.py tests/test_channels_vectorized.py tests/test_cpu_plan.py tests/test_oracles.py
 # Python with the sanitizer runtimes preloaded and the sanitized library in place of ddf_ops/_C.
@@ -202,7 +206,8 @@ sanitize: $(VENV)/.installed
 	ctest --test-dir $(SANITIZE_DIR) --output-on-failure
 	$(SANITIZED_PY) -c 'import ddf_ops; p = ddf_ops.library_path(); \
 	  assert p.endswith("$(SANITIZE_DIR)/libddf_ops.so"), p; print("ops from", p)'
-	$(SANITIZED_PY) -m pytest -p timeout --timeout=1800 $(SANITIZE_TESTS) -k "not cuda_emulated" -p no:cacheprovider -q $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(SANITIZED_PY) -m pytest -p timeout --timeout=1800 -n $(TEST_WORKERS) $(SANITIZE_TESTS) -k "not cuda_emulated" \
+	  -p no:cacheprovider -q $(PYTEST_ARGS)
 
 # make cross-aarch64 - compiles the library's C++ sources (CPU kernels, checks, meta,
 #               autograd, autocast) for aarch64 with a cross compiler (Debian's
@@ -215,11 +220,10 @@ CROSS_DIR := build/aarch64
 cross-aarch64: $(VENV)/.installed
 	@command -v $(CROSS_CXX) >/dev/null || { echo "cross-aarch64: $(CROSS_CXX) not found (apt-get install g++-aarch64-linux-gnu)"; exit 1; }
 	mkdir -p $(CROSS_DIR)
-	inc="$$($(PY) -c 'import torch.utils.cpp_extension as c; print(" ".join("-I" + p for p in c.include_paths()))')"; \
-	for f in csrc/*.cpp csrc/cpu/*.cpp csrc/cpu/*/*.cpp csrc/autograd/*.cpp csrc/autocast/*.cpp meta/*.cpp; do \
-	  echo "  $(CROSS_CXX) $$f"; \
-	  $(CROSS_CXX) -std=c++20 -O2 -fPIC -fopenmp -Wall $$inc -c $$f -o $(CROSS_DIR)/$$(basename $$f).o || exit 1; \
-	done
+	export CROSS_INC="$$($(PY) -c 'import torch.utils.cpp_extension as c; print(" ".join("-I" + p for p in c.include_paths()))')"; \
+	ls csrc/*.cpp csrc/cpu/*.cpp csrc/cpu/*/*.cpp csrc/autograd/*.cpp csrc/autocast/*.cpp meta/*.cpp | \
+	  xargs -P $(MAX_JOBS) -I{} sh -c 'echo "  $(CROSS_CXX) {}"; \
+	    $(CROSS_CXX) -std=c++20 -O2 -fPIC -fopenmp -Wall $$CROSS_INC -c {} -o $(CROSS_DIR)/$$(basename {}).o'
 	$(CROSS_CXX:g++=objdump) -d $(CROSS_DIR)/ddf_cpu.cpp.o | grep -qE 'fmla[[:space:]]+v[0-9]+\.4s'
 	@echo "cross-aarch64: OK (NEON fmla in the CPU kernels)"
 
