@@ -144,6 +144,33 @@ def test_empty_grads(shape, device):
 
 
 @pytest.mark.isa
+@pytest.mark.parametrize("combine", ["mul", "add"])
+def test_backward_repeats_bitwise_wherever_the_heap_puts_its_buffers(combine):
+    # Fewer channels than a vector (8 float32 < 16 AVX-512 lanes): the channel-vectorized
+    # backward's scalar remainder, with a copied (non-contiguous) input. GCC versioned that
+    # loop on a run-time overlap test of the gradient rows and the operand copies, and its two
+    # versions fused multiply-adds differently: one call in ~100 gave another last bit,
+    # depending on heap addresses. Buffers of varying sizes between the calls move them.
+    g = torch.Generator().manual_seed(15)
+    x = torch.randn(2, 8, 9, 22, generator=g)[..., ::2]
+    cf = torch.randn(2, 8, 1, 1, generator=g)
+    sf = torch.randn(2, 1, 9, 11, generator=g)
+    go = torch.randn(2, 8, 9, 11, generator=g)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        first = torch.ops.ddf.ddf_backward(go, x, cf, sf, 1, 1, combine, [True, True, True])
+        held = []
+        for i in range(400):
+            held.append(torch.empty(1 + 37 * i % 1500))
+            again = torch.ops.ddf.ddf_backward(go, x, cf, sf, 1, 1, combine, [True, True, True])
+            for name, a, b in zip(("input", "channel_filter", "spatial_filter"), again, first):
+                assert torch.equal(a, b), f"call {i + 2}: grad_{name} differs from the first call's"
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.isa
 def test_backward_deterministic_across_runs_and_threads():
     x, cf, sf = make_inputs(2, 8, 33, 30, 5, 2, 2, dtype=torch.float32, requires_grad=True)
     go = torch.randn(2, 8, 17, 15)

@@ -104,6 +104,26 @@ DDF_FOR_EACH_ISA(DDF_PIXEL_LOOPS)
 // registers while the loop runs over the channels.
 constexpr int64_t kTapChunk = 9;
 
+// tap_chunk_grads for one tap and the channels c0 <= c < C past the last full vector:
+// adds p * dF/da(sfv) to gcf[c] and returns sum + the sum of p * dF/db(cf[c]), with
+// p = go[c] * in[c]. The pointers are __restrict__ (the gradient row never overlaps the
+// operands) so that GCC compiles one version of the loop: without, it versioned the loop on
+// a run-time overlap test of the buffers' addresses, and the two versions fused the
+// multiply-adds differently, so that a call's last bits depended on where the heap put the
+// buffers (AVX-512, one call in ~100; tests/test_backward.py, "wherever the heap").
+template <Combine M, typename acc_t>
+DDF_INLINE acc_t remainder_channel_grads(const acc_t* __restrict__ go, const acc_t* __restrict__ in,
+                                         const acc_t* __restrict__ cf, acc_t* __restrict__ gcf, acc_t sfv,
+                                         int64_t c0, int64_t C, acc_t sum) {
+  const acc_t da = dcombine_da<M>(sfv);
+  for (int64_t c = c0; c < C; ++c) {
+    const acc_t p = go[c] * in[c];
+    sum += p * dcombine_db<M>(cf[c]);
+    gcf[c] += p * da;
+  }
+  return sum;
+}
+
 // Taps m0 .. m0 + MT (MT <= kTapChunk; a compile-time count keeps the sums in registers,
 // 0 for a run-time count mt) of one pixel: see pixel_filter_grads_body.
 template <Combine M, int64_t MT, typename acc_t, int64_t Bytes>
@@ -133,13 +153,8 @@ DDF_INLINE void tap_chunk_grads(
     }
   }
   for (int64_t m = 0; m < n; ++m) {
-    acc_t sum = horizontal_sum<acc_t, Bytes>(part[m]);
-    for (int64_t c = full; c < C; ++c) {  // the channels past the last full vector
-      const acc_t p = go[c] * in[off[m0 + m] + c];
-      sum += p * dcombine_db<M>(cf[m0 + m][c]);
-      gcf[m0 + m][c] += p * dcombine_da<M>(sfv[m]);
-    }
-    sums[m] = sum;
+    sums[m] = remainder_channel_grads<M>(go, in + off[m0 + m], cf[m0 + m], gcf[m0 + m], sfv[m], full, C,
+                                         horizontal_sum<acc_t, Bytes>(part[m]));
   }
 }
 
