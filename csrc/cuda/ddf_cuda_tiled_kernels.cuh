@@ -52,8 +52,10 @@ __device__ __forceinline__ BlockTile block_tile(const TiledGeometry& g) {
   t.h = blockIdx.z % g.G;
   t.y0 = int(blockIdx.x) / g.tiles_x * int(blockDim.y) * g.rows_per_thread;
   t.x0 = int(blockIdx.x) % g.tiles_x * int(blockDim.x);
-  t.c_begin = t.h * g.cph + int(blockIdx.y) * g.split_channels;
-  t.c_end = std::min(t.c_begin + g.split_channels, (t.h + 1) * g.cph);
+  t.c_begin = t.h * g.cph + int(blockIdx.y) * g.split_channels;  // < (h + 1) * cph <= C
+  // Not c_begin + split_channels, which passes C in a head's last split (and int, near 2^31
+  // channels).
+  t.c_end = t.c_begin + std::min(g.split_channels, (t.h + 1) * g.cph - t.c_begin);
   return t;
 }
 
@@ -63,6 +65,12 @@ __device__ __forceinline__ int plane_floats(const TiledGeometry& g) { return (g.
 __device__ __forceinline__ int lane_thread() { return threadIdx.y * blockDim.x + threadIdx.x; }
 
 // A lane's channels of one step: c0 .. c0 + ch - 1, of which the first `active` exist.
+//
+// Index math rule of these kernels (32-bit, for speed): an index or pointer is formed only
+// where it addresses an element that exists, i.e. behind its guard (u < active, a pixel
+// inside the map, a tap inside the image), or in 64 bits. Every such index is then below 2^31
+// (the plan's limits), while one formed for a lane with no channel (c0 past the split) could
+// pass it: signed overflow, undefined even if never dereferenced.
 struct LaneStep {
   int c0, active;
 };
@@ -190,11 +198,12 @@ __global__ void __launch_bounds__(kBlockThreads) tiled_forward_kernel(
     stage_planes(ls.active > 0 ? x + (t.b * g.C + ls.c0) * HW : x, HW, ls.active, g.H, g.W,
                  t.y0 * S - g.pad, t.x0 * S - g.pad, x_tiles, plane, g.halo_h, hw);
     __syncthreads();
-    if (!pixel) continue;
+    if (!pixel || ls.active == 0) continue;  // below: c0 is a real channel
     // The inner loop without the checks unless a channel of this step has a non-finite filter.
     const int mask = nonfinite_mask[tz];
     scalar_t* o = out + (t.b * g.C + ls.c0) * HoWo + oy * g.Wo + ox;
     const float* xt = x_tiles + at;
+    // (The pointers' last step, one plane past the last channel, is 64-bit address arithmetic.)
     if (mask == 0) {
 #pragma unroll 1
       for (int u = 0; u < ls.active; ++u, o += HoWo, xt += plane)
@@ -278,10 +287,11 @@ __global__ void __maxnreg__(K == 3 ? 80 : (K == 5 ? 168 : 255)) tiled_grad_input
     stage_planes(ls.active > 0 ? go + (t.b * g.C + ls.c0) * HoWo : go, HoWo, ls.active, g.Ho, g.Wo, oy_lo,
                  ox_lo, go_tiles, plane, g.halo_h, hw);
     __syncthreads();
-    if (!pixel) continue;
+    if (!pixel || ls.active == 0) continue;  // below: c0 is a real channel
     const int mask = nonfinite_mask[tz];
     scalar_t* o = gi + (t.b * g.C + ls.c0) * HW + iy * g.W + ix;
     const float* go_t = go_tiles;
+    // (The pointers' last step, one plane past the last channel, is 64-bit address arithmetic.)
     if (mask == 0) {
 #pragma unroll 1
       for (int u = 0; u < ls.active; ++u, o += HW, go_t += plane)
