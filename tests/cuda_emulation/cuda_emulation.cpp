@@ -420,7 +420,6 @@ void run_grid(dim3 grid, dim3 block_dim, std::size_t shared_bytes, void (*body)(
         block.fail("block " + dim_name(block_idx) + ": deadlock: every thread that has not exited waits at a "
                    "barrier or warp collective that cannot complete");
       });
-      current_block = nullptr;
     } else {
       pool.run(block.threads, thread);
     }

@@ -133,7 +133,8 @@ class Fibers {
     while (left > 0) {
       const uint64_t round_start = progress_;
       for (const auto& group : groups) {
-        for (uint64_t pass_start = ~progress_; pass_start != progress_;) {
+        uint64_t pass_start;
+        do {  // passes over the group until one makes no progress
           pass_start = progress_;
           for (const unsigned i : group) {
             if (fibers_[i]->done) continue;
@@ -144,7 +145,7 @@ class Fibers {
               ++progress_;
             }
           }
-        }
+        } while (progress_ != pass_start);
       }
       if (left == 0 || progress_ != round_start) {
         stalled_before = false;
