@@ -71,7 +71,10 @@ def extension():
     # -fopenmp: at::parallel_for is an inline OpenMP region in torch's OpenMP builds (the
     # pip wheels); without the flag it silently runs on one thread. libgomp resolves to
     # the copy torch already loaded.
-    cxx_flags = ["-O3", "-fvisibility=hidden", "-fopenmp"]
+    # -g0: Python's own compile flags (sysconfig's CFLAGS) carry -g, and debug information
+    # made the template-heavy files compile 1.3-2.2x slower (ddf_cpu.cpp 50 -> 38 s,
+    # ddf_autograd.cpp 45 -> 20 s); GCC's code is the same with or without it.
+    cxx_flags = ["-O3", "-g0", "-fvisibility=hidden", "-fopenmp"]
     link_flags = ["-fopenmp"]
     if not build_with_cuda():
         write_build_info(with_cuda=False)
