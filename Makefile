@@ -76,15 +76,19 @@ cuda-emulation: build cmake-build
 	$(REQUIRE_EMULATION) $(REQUIRE_TEST_DEPS) $(PYTEST) tests -m cuda_emulation $(PYTEST_ARGS)
 
 # make test's pytest: two runs whose selections together are every test, each test once.
-#   1. The kernel tier (FAST_SELECTION, below) in one process with torch's default thread
-#      count: the planner takes the thread count, so every reference comparison runs the
-#      kernels' multi-threaded plans and work split, as a user's call would.
+#   1. The kernel tier (FAST_SELECTION, below) in TEST_WORKERS processes of two OpenMP
+#      threads each: the planner takes the thread count, so every reference comparison runs
+#      the kernels' multi-threaded plans and work split, as a user's call would. OpenMP's
+#      passive wait (threads sleep between parallel regions instead of spinning) lets two
+#      such processes share 2 cores: 147 s, against 185 s in one process (measured; spinning
+#      threads made that mix up to 30 times slower, test-fast's note below).
 #   2. The rest (compile, export, the emulator, the forced-ISA and other subprocess tests, the
 #      9 GB test) in TEST_WORKERS processes of one OpenMP thread each: these are one core
 #      each (Python, Inductor, the emulator), so two workers halve their time on 2 cores.
 TEST_WORKERS ?= 2
 test: build cmake-test
-	$(REQUIRE_EMULATION) $(REQUIRE_TEST_DEPS) $(PYTEST) tests -m "$(FAST_SELECTION)" --durations=10 $(PYTEST_ARGS)
+	OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE $(REQUIRE_EMULATION) $(REQUIRE_TEST_DEPS) $(PYTEST) -n $(TEST_WORKERS) tests \
+	  -m "$(FAST_SELECTION)" --durations=10 $(PYTEST_ARGS)
 	OMP_NUM_THREADS=1 $(REQUIRE_EMULATION) $(REQUIRE_TEST_DEPS) $(PYTEST) -n $(TEST_WORKERS) tests -m "not ($(FAST_SELECTION))" \
 	  --durations=10 $(PYTEST_ARGS)
 
@@ -193,8 +197,9 @@ SANITIZE_DIR := build/sanitize
 # across threads still runs under the sanitizers.
 SANITIZE_TESTS ?= tests/test_forward.py tests/test_head_kernel.py tests/test_backward.py tests/test_hostile_inputs.py tests/test_bad_inputs.py \
 	tests/test_fuzz.py tests/test_channels_vectorized.py tests/test_cpu_plan.py tests/test_oracles.py
-# Python with the sanitizer runtimes preloaded and the sanitized library in place of ddf_ops/_C.
-SANITIZED_PY := ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+# Python with the sanitizer runtimes preloaded and the sanitized library in place of ddf_ops/_C
+# (DDF_TESTS_SANITIZED: tests/test_backward.py's gradchecks take their fast mode there).
+SANITIZED_PY := DDF_TESTS_SANITIZED=1 ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	DDF_OPS_LIBRARY=$(SANITIZE_DIR)/libddf_ops.so DDF_CUDA_EMULATION_LIBRARY=/nonexistent $(PY)
 .PHONY: sanitize
