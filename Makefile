@@ -165,6 +165,8 @@ wheel: build
 # make wheel-check - the wheel installed into a fresh venv (pip fetches the torch it requires)
 #               and used from outside the checkout (tools/wheel_smoke.py: the op against the
 #               reference, a module, torch.compile, torch.export); the sdist's contents checked.
+#               The venv holds a second torch with its CUDA libraries (5.4 GB): removed once
+#               the check has passed.
 WHEEL_VENV := build/wheel-venv
 .PHONY: wheel wheel-check
 wheel-check: wheel
@@ -173,6 +175,7 @@ wheel-check: wheel
 	$(WHEEL_VENV)/bin/python -m pip install --quiet dist/ddf_ops-*.whl
 	cd $(WHEEL_VENV) && bin/python $(CURDIR)/tools/wheel_smoke.py $(CURDIR)
 	$(PY) tools/check_sdist.py dist/ddf_ops-*.tar.gz
+	rm -rf $(WHEEL_VENV)
 
 bench: build
 	$(PY) -m benchmarks.bench_cpu
