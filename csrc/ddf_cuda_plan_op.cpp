@@ -50,9 +50,26 @@ std::vector<int64_t> cuda_tiled_shared_budget() {
   return {int64_t(kMaxSharedBytes), int64_t(kStaticSharedBytes), int64_t(kMaxDynamicSharedBytes)};
 }
 
+// [kWaveSms, filter_grads_blocks_per_sm(k)]: the wave the filter-gradient plan splits for.
+// tests/test_cuda_resources.py checks the blocks per SM against the cubins' registers.
+std::vector<int64_t> cuda_tiled_filter_grads_wave(int64_t k) {
+  using namespace ddf::cuda::tiled;
+  TORCH_CHECK(k == 3 || k == 5 || k == 7, "_cuda_tiled_filter_grads_wave: k must be 3, 5 or 7, got ", k);
+  return {kWaveSms, filter_grads_blocks_per_sm(int(k))};
+}
+
+// [forward, grad_input, filter_grads]: each tiled kernel's halo slots (halo_slots()), for
+// the GPU model.
+std::vector<int64_t> cuda_tiled_halo_slots() {
+  using namespace ddf::cuda::tiled;
+  return {halo_slots(Kernel::Forward), halo_slots(Kernel::GradInput), halo_slots(Kernel::FilterGrads)};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(ddf, m) {
+  m.def("_cuda_tiled_halo_slots() -> int[]", &cuda_tiled_halo_slots);
+  m.def("_cuda_tiled_filter_grads_wave(int k) -> int[]", &cuda_tiled_filter_grads_wave);
   m.def("_cuda_tiled_shared_budget() -> int[]", &cuda_tiled_shared_budget);
   m.def("_cuda_tiled_plan(str kernel, int B, int C, int H, int W, int k, int G, int stride, int dilation) -> int[]",
         &cuda_tiled_plan);

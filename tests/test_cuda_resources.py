@@ -523,6 +523,35 @@ def test_shared_memory_within_budget(built_library_report):
     assert checked > 0, "no tiled kernel in the library"
 
 
+def test_filter_grads_wave_matches_the_cubins(built_library_report):
+    """The filter-gradient plan splits a head's channels for whole waves of kWaveSms x
+    filter_grads_blocks_per_sm(k) blocks (csrc/cuda/ddf_cuda_tiled_plan.h). Those blocks per
+    SM are what the sm_90 cubins' registers allow for 256-thread blocks in the variant of
+    that k with the most registers (the plan does not know the dtype or the combine: k = 5
+    "add" holds 2 blocks, "mul" 1): when a kernel's registers change, so must the plan."""
+    import re
+
+    import torch
+
+    import ddf_ops  # noqa: F401  (loads LIBRARY's ops)
+
+    if not hasattr(torch.ops.ddf, "_cuda_tiled_filter_grads_wave"):
+        pytest.fail("the built library predates torch.ops.ddf._cuda_tiled_filter_grads_wave: rebuild it (make build)")
+    seen = {}
+    for r in built_library_report.rows:
+        if r.arch != "sm_90" or "tiled_filter_grads_kernel" not in r.demangled:
+            continue
+        # tiled_filter_grads_kernel<scalar_t, Combine, K, S, R>
+        k = int(re.search(r"tiled_filter_grads_kernel<[^,]+, [^,]+, (\d+), ", r.demangled).group(1))
+        occ = cr.occupancy(r.registers, 256, 0, cr.limits_for("sm_90"))
+        seen.setdefault(k, set()).add(occ.by_registers)
+    assert sorted(seen) == [3, 5, 7], seen
+    for k, blocks in seen.items():
+        sms, planned = torch.ops.ddf._cuda_tiled_filter_grads_wave(k)
+        assert sms == 132
+        assert min(blocks) == planned, f"k={k}: the sm_90 cubins hold {sorted(blocks)} blocks per SM, the plan assumes {planned}"
+
+
 # ----------------------------------------------------------------------------- the tool
 
 CUOBJDUMP = cr.find_tool("cuobjdump", "CUOBJDUMP")

@@ -20,12 +20,12 @@ RESNET50_PLANS = {
     ("forward", 128, 28): [32, 8, 1, 8, 1, 10, 34, 4, 4, 32, 11264],
     ("forward", 256, 14): [16, 16, 1, 8, 1, 18, 18, 1, 16, 16, 10752],
     ("forward", 512, 7): [8, 8, 4, 8, 1, 10, 10, 1, 16, 32, 14336],
-    ("grad_input", 64, 56): [32, 8, 1, 8, 1, 11, 35, 14, 2, 32, 26768],
-    ("grad_input", 128, 28): [32, 8, 1, 8, 1, 11, 35, 4, 4, 32, 26768],
-    ("grad_input", 256, 14): [16, 16, 1, 8, 1, 19, 19, 1, 16, 16, 25136],
-    ("grad_input", 512, 7): [8, 8, 4, 8, 1, 11, 11, 1, 16, 32, 21872],
+    ("grad_input", 64, 56): [32, 8, 1, 8, 1, 11, 35, 14, 2, 32, 12800],
+    ("grad_input", 128, 28): [32, 8, 1, 8, 1, 11, 35, 4, 4, 32, 12800],
+    ("grad_input", 256, 14): [16, 16, 1, 8, 1, 19, 19, 1, 16, 16, 12032],
+    ("grad_input", 512, 7): [8, 8, 4, 8, 1, 11, 11, 1, 16, 32, 17408],
     ("filter_grads", 64, 56): [32, 8, 1, 8, 2, 18, 34, 8, 1, 64, 38656],
-    ("filter_grads", 128, 28): [32, 8, 1, 8, 2, 18, 34, 2, 3, 48, 38656],
+    ("filter_grads", 128, 28): [32, 8, 1, 8, 2, 18, 34, 2, 2, 64, 38656],  # 2 splits: 256 blocks, one wave
     ("filter_grads", 256, 14): [16, 8, 2, 8, 2, 18, 18, 1, 4, 64, 40192],
     ("filter_grads", 512, 7): [8, 4, 8, 8, 2, 10, 10, 1, 4, 128, 47360],
 }
@@ -38,6 +38,31 @@ def test_model_plans_the_resnet50_shapes_as_the_library_does(kernel, C, S):
     assert raw == [1] + RESNET50_PLANS[kernel, C, S]
     p = gm.plan_tiled(kernel, gm.BATCH, C, S, S, gm.K, 1, 1, 1)
     assert [getattr(p, f) for f in PLAN_FIELDS] == RESNET50_PLANS[kernel, C, S]
+
+
+def test_filter_grads_split_for_whole_waves():
+    """The filter-gradient plan picks the channel splits whose waves x steps per block is least
+    (ddf_cuda_tiled_plan.h, plan_split_channels), with a wave of 132 SMs x 2 blocks for k = 3."""
+    assert torch.ops.ddf._cuda_tiled_filter_grads_wave(3) == [132, 2]
+    assert torch.ops.ddf._cuda_tiled_filter_grads_wave(7) == [132, 1]
+
+    def splits(B, C, S, k=3):
+        p = gm.plan_tiled("filter_grads", B, C, S, S, k, 1, 1, 1)
+        return p.tiles * p.splits * B, p.splits, p.split_channels
+
+    # 128@28², B=64: 128 blocks per split. 3 splits of 48 channels (384 blocks: 2 waves of 6
+    # steps, the old plan) cost 12; 2 splits of 64 (256 blocks, 1 wave of 8 steps) cost 8.
+    assert splits(64, 128, 28) == (256, 2, 64)
+    # B=32: 64 blocks per split. 4 splits (256 blocks, 1 wave x 4 steps) ties with 8 (512
+    # blocks, 2 waves x 2 steps): the fewer splits.
+    assert splits(32, 128, 28) == (256, 4, 32)
+    # Already a wave and more without splitting (64@56², B=64: 512 blocks): one split.
+    assert splits(64, 64, 56) == (512, 1, 64)
+    # k = 7: one block per SM, a wave of 132. 64 channels at 28², B=4: 8 blocks per split
+    # (tiles of 32 x 8 rows: 4 tiles), 1 lane of 8 channels a step: 8 splits of 8 (64 blocks,
+    # one wave of 1 step).
+    blocks, n, channels = splits(4, 64, 28, k=7)
+    assert (n, channels) == (8, 8) and blocks <= 132
 
 
 def test_smaller_calls_and_calls_that_take_the_generic_kernels():
@@ -92,8 +117,8 @@ def test_loops_nest_and_count_their_own_instructions():
 
 def test_tiled_loops_on_a_kernel_without_row_loop():
     loops = gm.tiled_loops(gm.sass_functions(SASS)["kern"], reducing=False)
-    # The staging loop is the step's own child here: no row loop, no filter loop.
-    assert (loops.staging, loops.staging_row, loops.filter, loops.outside) == (3, 0, 0, 2)
+    # The staging loop is the step's own child here; no filter loop.
+    assert (loops.staging, loops.filter, loops.outside) == (3, 0, 2)
 
 
 def test_optimistic_time_is_the_larger_of_memory_and_issue():
@@ -151,13 +176,24 @@ def test_lanes_are_counted_as_launched():
 
 
 def test_staging_trips_and_round_trips():
-    # The 56² forward's halo, 10 x 34, on 32 x 8 threads: rows 0-1 walk two halo rows, columns
-    # 0-1 two halo columns; thread (0, 0) waits for 2 x 2 round trips per step.
-    assert gm.staging_rounds(10, 34, 32, 8) == 4
-    assert gm.staging_trips(10, 34, 32, 8) == [(2, 2)] * 2 + [(1, 2)] * 6
-    # 7²: a 10 x 10 halo on 8 x 8 threads; a warp covers rows 0-3 (then 8-9) or 4-7.
-    assert gm.staging_rounds(10, 10, 8, 8) == 4
-    assert gm.staging_trips(10, 10, 8, 8) == [(2, 2), (1, 2)]
+    # A thread stages halo elements t, t + 256, ...: its first `slots` with all their loads in
+    # flight, the rest one per trip of the remainder loop. The kernels' slots, from the library:
+    assert [gm.halo_slots(k) for k in ("forward", "grad_input", "filter_grads")] == [1, 1, 2]
+    # The 56² forward's halo, 10 x 34 = 340 elements on 32 x 8 threads, one slot: threads 0-83
+    # take a second element in one remainder trip (warps 0-2); two round trips per step.
+    assert gm.staging_rounds(10, 34, 32, 8, 1) == 2
+    assert gm.staging_trips(10, 34, 32, 8, 1) == [1] * 3 + [0] * 5
+    # With two slots: no remainder trip, one round trip.
+    assert gm.staging_rounds(10, 34, 32, 8, 2) == 1 and gm.staging_trips(10, 34, 32, 8, 2) == [0] * 8
+    # The filter gradients' 18 x 34 = 612, two slots: threads 0-99 take a third element, one
+    # trip (warps 0-3: warp 3 for its lanes 96-99); two round trips per step.
+    assert gm.staging_rounds(18, 34, 32, 8, 2) == 2
+    assert gm.staging_trips(18, 34, 32, 8, 2) == [1] * 4 + [0] * 4
+    # 7²: a 10 x 10 halo on 8 x 8 threads: threads 0-35 take two.
+    assert gm.staging_rounds(10, 10, 8, 8, 1) == 2 and gm.staging_trips(10, 10, 8, 8, 1) == [1, 1]
+    # k = 7, stride 2, dilation 3: 33 x 81 = 2673 elements, 11 for thread 0: 1 + 10 round trips.
+    assert gm.staging_rounds(33, 81, 32, 8, 1) == 11
+    assert gm.staging_trips(33, 81, 32, 8, 1)[0] == 10 and gm.staging_trips(33, 81, 32, 8, 1)[-1] == 9
 
 
 def test_loads_in_flight_from_the_staging_phase_only():
@@ -209,25 +245,27 @@ def test_launch_cost_waves_and_tail_add_up():
 
 
 def test_a_tiled_forward_block_by_hand():
-    # The 56² forward: plan, SASS costs and loops as the sm_90 cubin of ed7a39b has them.
+    # The 56² forward: plan, SASS costs and loops as the sm_90 cubin has them since issue 18's
+    # staging change (the halo's slot and the channel filters straight-line, in the step code).
     p = gm.Plan(*RESNET50_PLANS["forward", 64, 56])
-    ts = gm.TiledSass(inner=51, staging=144, step=106)
-    tl = gm.TiledLoops(staging=144, staging_row=12, filter=133, filter_loads=4, grad_output=0, grad_output_loads=0,
-                       other=0, outside=293, prologue_row=0, prologue_col=0, handoff=0)
-    work = gm.tiled_work("forward", p, ts, tl, per_sm=4, B=64, S=56, moved=1.0)
-    # 4 steps of 8 channels, 8 warps. Per step: staging trips (2 warps x 2 x 2, 6 warps x
-    # 1 x 2) of 144 plus their row loops' 12; the step's own 106 on every warp; the filter
-    # loop (2 channels a trip) on the lane's first warp; 8 channels x 51 on 8 live warps.
-    per_step = (2 * (4 * 144 + 2 * 12) + 6 * (2 * 144 + 12)) + 8 * 106 + 4 * 133 + 8 * 8 * 51
-    assert work.warp_instr == 4 * per_step + 8 * 293
-    assert work.parts["compute"] == 4 * 8 * 8 * 51
-    # Round trips: the spatial-filter taps, then 2 x 2 staging trips per step (DRAM); the
-    # channel filters one at a time (L2).
-    assert (work.dram_rounds, work.l2_rounds, work.blocks) == (1 + 4 * 4, 4 * 8, 14 * 2 * 64)
+    ts = gm.TiledSass(inner=50, staging=119, step=251)
+    tl = gm.TiledLoops(staging=119, filter=0, filter_loads=0, grad_output=0, grad_output_loads=0,
+                       other=0, outside=334, handoff=0)
+    work = gm.tiled_work("forward", p, ts, tl, per_sm=3, B=64, S=56, moved=1.0)
+    # 4 steps of 8 channels, 8 warps. Per step: one remainder trip of 119 on warps 0-2 (threads
+    # 0-83 stage a second halo element); the step's own 251 on every warp; 8 channels x 50 on 8
+    # live warps.
+    per_step = 3 * 119 + 8 * 251 + 8 * 8 * 50
+    assert work.warp_instr == 4 * per_step + 8 * 334
+    assert work.parts["compute"] == 4 * 8 * 8 * 50
+    # Round trips: the spatial-filter taps, then per step the slot's and the remainder trip's
+    # loads (DRAM) and the channel filters, all in flight together (L2).
+    assert (work.dram_rounds, work.l2_rounds, work.blocks) == (1 + 4 * 2, 4, 14 * 2 * 64)
     t = gm.launch_time(work, gm.H100_SXM)
     assert t.issue_s == pytest.approx(work.warp_instr / (2.75 * 1.755e9))
-    assert t.memory_s == pytest.approx(17 * 700e-9 + 32 * 300e-9)
-    assert (t.full_waves, t.tail_per_sm) == (3, 2)
+    assert t.memory_s == pytest.approx(9 * 700e-9 + 4 * 300e-9)
+    # 1792 blocks, 3 per SM on 132 SMs: 4 waves of 396, then 208 blocks (2 on the busiest SM).
+    assert (t.full_waves, t.tail_per_sm) == (4, 2)
 
 
 def built_library_with_cubins():

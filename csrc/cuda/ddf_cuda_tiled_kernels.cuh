@@ -11,8 +11,9 @@
 //                into registers and reuses them for every channel. Per channel the lane
 //                stages the input tile and halo (zero outside the image) and the k*k
 //                channel-filter values in shared memory, as float.
-//   grad_input   tile of inputs, a gather: the head's k*k spatial-filter planes over the
-//                grad_output tile and halo are staged once per block, grad_output per channel.
+//   grad_input   tile of inputs, a gather: each thread reads the k*k spatial-filter values
+//                its input element gathers with once into registers (0 where no tap reads
+//                it) and reuses them for every channel; grad_output is staged per channel.
 //   filter grads tile of outputs, one pass over grad_output and the staged input for both
 //                filter gradients. grad_spatial_filter sums over channels in registers (the
 //                lanes combine in shared memory at the end, in lane order); grad_channel_filter
@@ -82,56 +83,127 @@ __device__ __forceinline__ LaneStep lane_step(const TiledGeometry& g, const Bloc
   return ls;
 }
 
+// Channels of a step whose channel-filter loads stage_channel_filters issues together: all 8
+// for k = 3 and 5 (one round trip per step instead of one per channel); one at a time for
+// k = 7, whose 49 taps take two loads per channel and whose forward kernel spilled on sm_80
+// with more in flight.
+template <int K>
+constexpr int kFilterBatch = K == 7 ? 1 : kLaneChannels;
+
 // Stages the step's k*k channel-filter values per channel (float, filters[u * KP + tap])
 // and a bit mask of the channels with a value that is not finite. Run by the lane's first
-// warp (32 threads cover k*k <= 49 taps in two rounds).
+// warp (32 threads cover k*k <= 49 taps in one or two rounds), kFilterBatch channels' loads
+// before their stores.
 template <typename scalar_t, int K>
-__device__ __forceinline__ void stage_channel_filters(const scalar_t* cf, Strides4 cs, int b, LaneStep ls, int ch,
+__device__ __forceinline__ void stage_channel_filters(const scalar_t* cf, Strides4 cs, int b, LaneStep ls,
                                                       float* filters, int* nonfinite_mask) {
-  constexpr int KK = K * K, KP = padded_taps(K);
+  constexpr int KK = K * K, KP = padded_taps(K), kRounds = (KK + 31) / 32, kBatch = kFilterBatch<K>;
   const int t = lane_thread();
   if (t >= 32) return;
   int mask = 0;
-  for (int u = 0; u < ch; ++u) {
-    bool bad = false;
 #pragma unroll
-    for (int round = 0; round < 2; ++round) {
+  for (int u0 = 0; u0 < kLaneChannels; u0 += kBatch) {
+    float v[kBatch][kRounds];
+#pragma unroll
+    for (int round = 0; round < kRounds; ++round) {
       const int tap = t + 32 * round;
-      if (u < ls.active && tap < KK) {
-        const float v = widen(cf[cs.offset(b, ls.c0 + u, tap / K, tap % K)]);
-        filters[u * KP + tap] = v;
-        bad = bad || !is_finite(v);
+      // The tap of channel c0 + u0 (64-bit: it may be past the split), then a channel stride
+      // per channel.
+      const int64_t at = cs.offset(b, ls.c0 + u0, tap / K, tap % K);
+#pragma unroll
+      for (int du = 0; du < kBatch; ++du) v[du][round] = u0 + du < ls.active && tap < KK ? widen(cf[at + du * cs.c]) : 0.f;
+    }
+    // (No `break` here: the loops unroll fully, so v stays in registers; u < active is the
+    // same for the whole warp, so the vote stays converged.)
+#pragma unroll
+    for (int du = 0; du < kBatch; ++du) {
+      const int u = u0 + du;
+      if (u < ls.active) {
+        bool bad = false;
+#pragma unroll
+        for (int round = 0; round < kRounds; ++round) {
+          const int tap = t + 32 * round;
+          if (tap < KK) {
+            filters[u * KP + tap] = v[du][round];
+            bad = bad || !is_finite(v[du][round]);
+          }
+        }
+        if (__any_sync(0xffffffffu, bad)) mask |= 1 << u;
       }
     }
-    if (__any_sync(0xffffffffu, bad)) mask |= 1 << u;
   }
   if (t == 0) *nonfinite_mask = mask;
 }
 
-// Stages rows [r0, r0 + halo_h) x columns [c0, c0 + halo_w) of the step's `active` planes
-// (`first` is the first one; planes are `plane_elems` apart) as float, 0 outside the map.
-// Tile u starts at tiles + u * tile_floats. Tiles of channels past `active` are not written
-// (nothing reads them).
-template <typename scalar_t>
-__device__ __forceinline__ void stage_planes(const scalar_t* first, int plane_elems, int active, int rows, int cols,
-                                             int r0, int c0, float* tiles, int tile_floats, int halo_h, int halo_w) {
-  for (int r = threadIdx.y; r < halo_h; r += blockDim.y) {
-    const int y = r0 + r;
-    const bool row_in = y >= 0 && y < rows;
-    for (int col = threadIdx.x; col < halo_w; col += blockDim.x) {
-      const int x = c0 + col;
-      float* dst = tiles + r * halo_w + col;
-      const bool inside = row_in && x >= 0 && x < cols;
-      const scalar_t* src = first + (inside ? y * cols + x : 0);
-      // All the step's loads first, then the stores: up to kLaneChannels loads in flight per
-      // thread (a load-store loop would wait for each load in turn).
-      float v[kLaneChannels];
+// The staged halo of a block: rows [r0, r0 + h) x columns [c0, c0 + w) of a rows x cols map
+// (0 outside it), the same for every step of the block.
+struct Halo {
+  int rows, cols, r0, c0, h, w;
+};
+
+// Its element e (row-major, so also the element's offset in a tile) as an offset in a plane,
+// or -1 where it falls outside the map or past the halo.
+__device__ __forceinline__ int halo_source(const Halo& hl, int e) {
+  if (e >= hl.h * hl.w) return -1;
+  const int r = e / hl.w, y = hl.r0 + r, x = hl.c0 + (e - r * hl.w);
+  return y >= 0 && y < hl.rows && x >= 0 && x < hl.cols ? y * hl.cols + x : -1;
+}
+
+// A thread stages the halo elements e = lane_thread() + q * (threads per lane). The first
+// N (its slots) are found once per block (a division each), not once per step, and their
+// loads go out together: N x kLaneChannels loads in flight, one round trip to memory per
+// step wherever the halo has at most N elements per thread. N is the kernel's
+// halo_slots() (ddf_cuda_tiled_plan.h).
+template <int N>
+struct HaloSlots {
+  static constexpr int slots = N;
+  int src[N];  // halo_source() of the slot's element
+};
+
+template <int N>
+__device__ __forceinline__ HaloSlots<N> find_halo_slots(const Halo& hl) {
+  HaloSlots<N> m;
+  const int lt = lane_thread(), n = int(blockDim.x * blockDim.y);
 #pragma unroll
-      for (int u = 0; u < kLaneChannels; ++u) v[u] = inside && u < active ? widen(src[u * plane_elems]) : 0.f;
+  for (int q = 0; q < N; ++q) m.src[q] = halo_source(hl, lt + q * n);
+  return m;
+}
+
+// Stages the halo of the step's `active` planes (`first` is the first one; planes are
+// `plane_elems` apart) as float: tile u starts at tiles + u * tile_floats. Tiles of channels
+// past `active` are not written (nothing reads them).
+template <typename scalar_t, int N>
+__device__ __forceinline__ void stage_planes(const scalar_t* first, int plane_elems, int active, const Halo& hl,
+                                             const HaloSlots<N>& m, float* tiles, int tile_floats) {
+  const int lt = lane_thread(), n = int(blockDim.x * blockDim.y), elems = hl.h * hl.w;
+  // The slots: all their loads first, then the stores (a load-store loop would wait for each
+  // load in turn).
+  float v[N][kLaneChannels];
+#pragma unroll
+  for (int q = 0; q < N; ++q)
+#pragma unroll
+    for (int u = 0; u < kLaneChannels; ++u)
+      v[q][u] = m.src[q] >= 0 && u < active ? widen(first[u * plane_elems + m.src[q]]) : 0.f;
+#pragma unroll
+  for (int q = 0; q < N; ++q) {
+    const int e = lt + q * n;
+    if (e < elems) {
 #pragma unroll
       for (int u = 0; u < kLaneChannels; ++u)
-        if (u < active) dst[u * tile_floats] = v[u];
+        if (u < active) tiles[u * tile_floats + e] = v[q][u];
     }
+  }
+  // Halos of more than N elements per thread (k = 5 and 7, stride 2, large dilations, the
+  // filter gradients' two rows per thread): the rest, one element at a time.
+#pragma unroll 1
+  for (int e = lt + N * n; e < elems; e += n) {
+    const int src = halo_source(hl, e);
+    float w[kLaneChannels];
+#pragma unroll
+    for (int u = 0; u < kLaneChannels; ++u) w[u] = src >= 0 && u < active ? widen(first[u * plane_elems + src]) : 0.f;
+#pragma unroll
+    for (int u = 0; u < kLaneChannels; ++u)
+      if (u < active) tiles[u * tile_floats + e] = w[u];
   }
 }
 
@@ -190,13 +262,14 @@ __global__ void __launch_bounds__(kBlockThreads) tiled_forward_kernel(
   }
   const int at = threadIdx.y * S * hw + threadIdx.x * S;  // the pixel's first tap in a tile
 
+  const Halo halo{g.H, g.W, t.y0 * S - g.pad, t.x0 * S - g.pad, g.halo_h, hw};
+  const auto slots = find_halo_slots<halo_slots(Kernel::Forward)>(halo);
   const int steps = g.split_channels / (int(blockDim.z) * ch);
   for (int step = 0; step < steps; ++step) {
     const LaneStep ls = lane_step(g, t, step);
     __syncthreads();  // the previous step's readers are done with the tiles
-    stage_channel_filters<scalar_t, K>(cf, cs, t.b, ls, ch, filters, &nonfinite_mask[tz]);
-    stage_planes(ls.active > 0 ? x + (t.b * g.C + ls.c0) * HW : x, HW, ls.active, g.H, g.W,
-                 t.y0 * S - g.pad, t.x0 * S - g.pad, x_tiles, plane, g.halo_h, hw);
+    stage_channel_filters<scalar_t, K>(cf, cs, t.b, ls, filters, &nonfinite_mask[tz]);
+    stage_planes(ls.active > 0 ? x + (t.b * g.C + ls.c0) * HW : x, HW, ls.active, halo, slots, x_tiles, plane);
     __syncthreads();
     if (!pixel || ls.active == 0) continue;  // below: c0 is a real channel
     // The inner loop without the checks unless a channel of this step has a non-finite filter.
@@ -220,10 +293,11 @@ __global__ void __launch_bounds__(kBlockThreads) tiled_forward_kernel(
 // ---- grad_input ----------------------------------------------------------------------------
 
 // One grad_input element: the gather over the output pixels whose taps read (iy, ix), from
-// the staged grad_output tile go_t and spatial-filter tile (both 0 outside grad_output).
-// kChecked: skip taps from outside grad_output (for a non-finite channel-filter value).
+// the staged grad_output tile go_t (0 outside grad_output) and the element's spatial-filter
+// values per tap, s (0 where no output pixel's tap reads it). kChecked: skip taps from outside
+// grad_output (for a non-finite channel-filter value).
 template <Combine M, int K, int S, bool kChecked>
-__device__ __forceinline__ float grad_input_pixel(const float* go_t, const float* f, const float* sf_tile, int plane,
+__device__ __forceinline__ float grad_input_pixel(const float* go_t, const float* f, const float (&s)[K * K],
                                                   int oy_lo, int ox_lo, const TiledGeometry& g, int iy, int ix) {
   const int d = g.dilation, hw = g.halo_w;
   float acc = 0.f;
@@ -238,8 +312,7 @@ __device__ __forceinline__ float grad_input_pixel(const float* go_t, const float
       if (S == 2 && (px & 1)) continue;
       const int xo = px >> (S - 1);
       if (kChecked && !(y >= 0 && y < g.Ho && xo >= 0 && xo < g.Wo)) continue;
-      const int a = (y - oy_lo) * hw + (xo - ox_lo);
-      acc += go_t[a] * combine_filters<M>(f[i * K + j], sf_tile[(i * K + j) * plane + a]);
+      acc += go_t[(y - oy_lo) * hw + (xo - ox_lo)] * combine_filters<M>(f[i * K + j], s[i * K + j]);
     }
   }
   return acc;
@@ -259,33 +332,36 @@ __global__ void __maxnreg__(K == 3 ? 80 : (K == 5 ? 168 : 255)) tiled_grad_input
   const BlockTile t = block_tile(g);
   const int tz = threadIdx.z, d = g.dilation, hw = g.halo_w, ch = g.lane_channels, plane = plane_floats(g);
   const int HW = g.H * g.W, HoWo = g.Ho * g.Wo;
-  float* sf_tile = smem;  // [KK][plane]
-  float* filters = smem + KK * plane + tz * ch * (KP + plane);
+  float* filters = smem + tz * ch * (KP + plane);  // [ch][KP], then the grad_output tiles [ch][plane]
   float* go_tiles = filters + ch * KP;
   // The grad_output rows/columns whose taps reach this tile start here (may be negative).
   const int oy_lo = int(floor_div(t.y0 + g.pad - (K - 1) * d, S));
   const int ox_lo = int(floor_div(t.x0 + g.pad - (K - 1) * d, S));
-  {
-    const scalar_t* head = sf + (t.b * g.G + t.h) * KK * HoWo;
-    const int flat = threadIdx.z * blockDim.y + threadIdx.y, flat_n = blockDim.z * blockDim.y;
-    for (int tr = flat; tr < KK * g.halo_h; tr += flat_n) {
-      const int tap = tr / g.halo_h, r = tr % g.halo_h, y = oy_lo + r;
-      const bool row_in = y >= 0 && y < g.Ho;
-      for (int col = threadIdx.x; col < hw; col += blockDim.x) {
-        const int xo = ox_lo + col;
-        sf_tile[tap * plane + r * hw + col] = row_in && xo >= 0 && xo < g.Wo ? widen(head[tap * HoWo + y * g.Wo + xo]) : 0.f;
-      }
-    }
-  }
   const int iy = t.y0 + threadIdx.y, ix = t.x0 + threadIdx.x;
   const bool pixel = iy < g.H && ix < g.W;
+  // This element's spatial-filter value per tap, read once for all the block's channels: tap
+  // (i, j) of output pixel (y, x) reads it when y * S = iy + pad - i * d and likewise for x,
+  // inside grad_output; 0 otherwise (all loads in flight together).
+  float s[KK];
+#pragma unroll
+  for (int i = 0; i < K; ++i) {
+    const int py = iy + g.pad - i * d, y = py >> (S - 1);
+    const bool row = pixel && !(S == 2 && (py & 1)) && y >= 0 && y < g.Ho;
+#pragma unroll
+    for (int j = 0; j < K; ++j) {
+      const int px = ix + g.pad - j * d, xo = px >> (S - 1);
+      const bool inside = row && !(S == 2 && (px & 1)) && xo >= 0 && xo < g.Wo;
+      s[i * K + j] = inside ? widen(sf[((t.b * g.G + t.h) * KK + i * K + j) * HoWo + y * g.Wo + xo]) : 0.f;
+    }
+  }
+  const Halo halo{g.Ho, g.Wo, oy_lo, ox_lo, g.halo_h, hw};
+  const auto slots = find_halo_slots<halo_slots(Kernel::GradInput)>(halo);
   const int steps = g.split_channels / (int(blockDim.z) * ch);
   for (int step = 0; step < steps; ++step) {
     const LaneStep ls = lane_step(g, t, step);
     __syncthreads();
-    stage_channel_filters<scalar_t, K>(cf, cs, t.b, ls, ch, filters, &nonfinite_mask[tz]);
-    stage_planes(ls.active > 0 ? go + (t.b * g.C + ls.c0) * HoWo : go, HoWo, ls.active, g.Ho, g.Wo, oy_lo,
-                 ox_lo, go_tiles, plane, g.halo_h, hw);
+    stage_channel_filters<scalar_t, K>(cf, cs, t.b, ls, filters, &nonfinite_mask[tz]);
+    stage_planes(ls.active > 0 ? go + (t.b * g.C + ls.c0) * HoWo : go, HoWo, ls.active, halo, slots, go_tiles, plane);
     __syncthreads();
     if (!pixel || ls.active == 0) continue;  // below: c0 is a real channel
     const int mask = nonfinite_mask[tz];
@@ -295,13 +371,13 @@ __global__ void __maxnreg__(K == 3 ? 80 : (K == 5 ? 168 : 255)) tiled_grad_input
     if (mask == 0) {
 #pragma unroll 1
       for (int u = 0; u < ls.active; ++u, o += HW, go_t += plane)
-        *o = narrow<scalar_t>(grad_input_pixel<M, K, S, false>(go_t, filters + u * KP, sf_tile, plane, oy_lo, ox_lo, g, iy, ix));
+        *o = narrow<scalar_t>(grad_input_pixel<M, K, S, false>(go_t, filters + u * KP, s, oy_lo, ox_lo, g, iy, ix));
     } else {
 #pragma unroll 1
       for (int u = 0; u < ls.active; ++u, o += HW, go_t += plane)
         *o = narrow<scalar_t>(
-            (mask >> u) & 1 ? grad_input_pixel<M, K, S, true>(go_t, filters + u * KP, sf_tile, plane, oy_lo, ox_lo, g, iy, ix)
-                            : grad_input_pixel<M, K, S, false>(go_t, filters + u * KP, sf_tile, plane, oy_lo, ox_lo, g, iy, ix));
+            (mask >> u) & 1 ? grad_input_pixel<M, K, S, true>(go_t, filters + u * KP, s, oy_lo, ox_lo, g, iy, ix)
+                            : grad_input_pixel<M, K, S, false>(go_t, filters + u * KP, s, oy_lo, ox_lo, g, iy, ix));
     }
   }
 }
@@ -432,6 +508,8 @@ __global__ void __maxnreg__(K == 3 ? 128 : (K == 5 ? 200 : 255)) tiled_filter_gr
   for (int u = 0; u < R * KK; ++u) gs[u] = 0.f;
   const int at = threadIdx.y * R * S * hw + threadIdx.x * S;  // the thread's first tap in a tile
 
+  const Halo halo{g.H, g.W, t.y0 * S - g.pad, t.x0 * S - g.pad, g.halo_h, hw};
+  const auto slots = find_halo_slots<halo_slots(Kernel::FilterGrads)>(halo);
   const int steps = g.split_channels / (int(blockDim.z) * ch);
   for (int step = 0; step < steps; ++step) {
     const LaneStep ls = lane_step(g, t, step);
@@ -440,16 +518,24 @@ __global__ void __maxnreg__(K == 3 ? 128 : (K == 5 ? 200 : 255)) tiled_filter_gr
       const int u = e / KK, tap = e % KK;
       if (u < ls.active) filters[u * KP + tap] = widen(cf[cs.offset(t.b, ls.c0 + u, tap / K, tap % K)]);
     }
-    stage_planes(ls.active > 0 ? x + (t.b * g.C + ls.c0) * HW : x, HW, ls.active, g.H, g.W, t.y0 * S - g.pad,
-                 t.x0 * S - g.pad, x_tiles, plane, g.halo_h, hw);
+    stage_planes(ls.active > 0 ? x + (t.b * g.C + ls.c0) * HW : x, HW, ls.active, halo, slots, x_tiles, plane);
     // This thread's grad_output values of the step, and whether any is not finite.
-    bool finite = true;
-    for (int u = 0; u < ls.active; ++u) {
+    // All the step's loads before the first store: one round trip to memory, not one per value.
+    float gv_step[kLaneChannels][R];
 #pragma unroll
-      for (int r = 0; r < R; ++r) {
-        const float v = row_pixel[r] ? widen(go[(t.b * g.C + ls.c0 + u) * HoWo + (oy0 + r) * g.Wo + ox]) : 0.f;
-        go_own[(u * R + r) * lane_threads] = v;
-        finite = finite && is_finite(v);
+    for (int u = 0; u < kLaneChannels; ++u)
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+        gv_step[u][r] = u < ls.active && row_pixel[r] ? widen(go[(t.b * g.C + ls.c0 + u) * HoWo + (oy0 + r) * g.Wo + ox]) : 0.f;
+    bool finite = true;
+#pragma unroll
+    for (int u = 0; u < kLaneChannels; ++u) {
+      if (u < ls.active) {
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          go_own[(u * R + r) * lane_threads] = gv_step[u][r];
+          finite = finite && is_finite(gv_step[u][r]);
+        }
       }
     }
     const bool warp_finite = __all_sync(0xffffffffu, finite);

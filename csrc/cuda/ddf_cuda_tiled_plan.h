@@ -26,9 +26,14 @@ constexpr int kBlockThreads = 256;
 // spatial-filter tile once more (and, in the filter-gradient kernel, writes one more partial
 // grad_spatial_filter), so the split stops at about one full wave.
 constexpr int64_t kTargetBlocks = 1024;
-// The filter-gradient kernel splits less (about two blocks per SM): each split adds a float
-// partial grad_spatial_filter, written and read back once more.
-constexpr int64_t kTargetBlocksFilterGrads = 264;
+// The filter-gradient kernel splits for whole waves instead (plan_splits): each split adds
+// a float partial grad_spatial_filter, written and read back once more, and the kernel holds
+// few blocks per SM (registers), so a partial last wave costs a whole block's time. Its wave
+// is sized for the SMs of an H100 / H200 SXM and the blocks per SM its registers allow on
+// sm_90 (tests/test_cuda_resources.py checks that against the cubins).
+constexpr int64_t kWaveSms = 132;
+// (The fewest any dtype and combine of k holds: k = 5 "add" holds 2, "mul" 1.)
+constexpr int filter_grads_blocks_per_sm(int k) { return k == 3 ? 2 : 1; }
 // Shared memory per block, static plus dynamic. 48 KiB is what a launch may use without
 // opting in (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize)),
 // and the limit covers the kernel's static __shared__ too. The plan budgets within it rather
@@ -51,6 +56,14 @@ constexpr int kLaneChannels = 8;
 constexpr int64_t kMaxIndex = (int64_t(1) << 31) - 1;
 
 enum class Kernel { Forward, GradInput, FilterGrads };
+
+// Halo elements per thread whose loads a kernel's staging issues together, for all the
+// step's channels (its "slots", ddf_cuda_tiled_kernels.cuh): what each kernel's registers
+// hold without spilling on sm_80-sm_90 (make cuda-resources). 2 made the forward (76-80
+// registers with 1) and grad_input (80, its __maxnreg__) spill; the filter gradients' 128
+// hold 2, for their two rows per thread. tools/cuda_static/gpu_model.py reads these through
+// torch.ops.ddf._cuda_tiled_halo_slots.
+constexpr int halo_slots(Kernel kernel) { return kernel == Kernel::FilterGrads ? 2 : 1; }
 
 // Everything a tiled kernel needs besides its pointers; 32-bit because the plan only takes
 // tensors below 2^31 elements.
@@ -103,7 +116,7 @@ inline std::size_t shared_floats(Kernel kernel, int k, int s, int d, int tx, int
     *halo_h = (ty - 1 + span) / s + 2;
     *halo_w = (tx - 1 + span) / s + 2;
     const std::size_t plane = round4(std::size_t(*halo_h) * *halo_w);
-    return std::size_t(k) * k * plane + std::size_t(tz) * ch * (lane_filter + plane);
+    return std::size_t(tz) * ch * (lane_filter + plane);
   }
   *halo_h = (ty * rows - 1) * s + span + 1;
   *halo_w = (tx - 1) * s + span + 1;
@@ -116,6 +129,32 @@ inline std::size_t shared_floats(Kernel kernel, int k, int s, int d, int tx, int
     if (tz > 1) floats = std::max(floats, std::size_t(tx) * ty * rows * k * k);
   }
   return floats;
+}
+
+// The channel splits of a launch with base_blocks blocks per split, whose lanes take
+// step_channels channels of a head at a time (returns the channels per split).
+//
+// Aim (Forward, GradInput): split until about target blocks. Whole waves (FilterGrads,
+// wave_blocks > 0): a block's time grows with its channels, and a launch takes as long as its
+// waves, the last one too however few blocks it holds; so pick the split count whose
+// (waves x channel steps per block) is least, the fewest splits on a tie (less partial-sum
+// traffic). E.g. filter grads at 128@28², B=64: 128 blocks per split, a wave of 264: 3 splits
+// (384 blocks, 2 waves of 6 steps) cost 12, 2 splits (256 blocks, 1 wave of 8 steps) cost 8.
+inline int64_t plan_split_channels(int64_t cph, int64_t step_channels, int64_t base_blocks, int64_t target,
+                                   int64_t wave_blocks) {
+  const int64_t max_splits = ceil_div(cph, step_channels);
+  auto channels_for = [&](int64_t want) { return ceil_div(ceil_div(cph, want), step_channels) * step_channels; };
+  if (wave_blocks <= 0) return channels_for(std::min(std::max<int64_t>(ceil_div(target, base_blocks), 1), max_splits));
+  // Past max(2 waves, one block per split) more splits only shorten the blocks in proportion
+  // to their count: no better cost, and the search stays short.
+  const int64_t last = std::min(max_splits, std::max<int64_t>(ceil_div(2 * wave_blocks, base_blocks), 1));
+  int64_t best_channels = channels_for(1), best_cost = -1;
+  for (int64_t want = 1; want <= last; ++want) {
+    const int64_t channels = channels_for(want);
+    const int64_t cost = ceil_div(base_blocks * ceil_div(cph, channels), wave_blocks) * (channels / step_channels);
+    if (best_cost < 0 || cost < best_cost) best_cost = cost, best_channels = channels;
+  }
+  return best_channels;
 }
 
 // g: the call's geometry after the argument checks. contiguous: input, spatial filter (and
@@ -174,12 +213,10 @@ inline TiledPlan plan_tiled(Kernel kernel, const Geometry& geo, bool contiguous,
   const int64_t tiles_x = ceil_div(map_w, tx), tiles = tiles_x * ceil_div(map_h, int64_t(ty) * rows);
   const int64_t base_blocks = tiles * geo.B * geo.G;
   const int64_t step_channels = int64_t(tz) * ch;
-  const int64_t max_splits = ceil_div(cph, step_channels);
-  const int64_t target = target_blocks > 0                  ? target_blocks
-                         : kernel == Kernel::FilterGrads ? kTargetBlocksFilterGrads
-                                                         : kTargetBlocks;
-  const int64_t want = std::min(std::max<int64_t>(ceil_div(target, base_blocks), 1), max_splits);
-  const int64_t split_channels = ceil_div(ceil_div(cph, want), step_channels) * step_channels;
+  const int64_t wave_blocks =
+      target_blocks == 0 && kernel == Kernel::FilterGrads ? kWaveSms * filter_grads_blocks_per_sm(int(k)) : 0;
+  const int64_t split_channels = plan_split_channels(cph, step_channels, base_blocks,
+                                                     target_blocks > 0 ? target_blocks : kTargetBlocks, wave_blocks);
   const int64_t splits = ceil_div(cph, split_channels);
   if (tiles > max_grid_x || splits > max_grid_y) return p.reason = "grid larger than the launcher's limits", p;
 

@@ -299,6 +299,9 @@ void run_case(const Case& c) {
     const T inf = from_double<T>(INFINITY), nan = from_double<T>(NAN);
     cf.storage[cf.index(0, 0, 0, 0)] = inf;                            // a channel filter value
     sf.storage[sf.index(0, 0, 0, 0)] = nan;                            // spatial filter, outside tap
+    // Taps (0, j) of output row 0 fall outside the image too (row -pad); in memory row 0 of
+    // tap 1 follows row Ho of tap 0, so a kernel that reads one row past a plane picks it up.
+    for (int64_t x0 = 0; x0 < Wo; ++x0) sf.storage[sf.index(0, 1, 0, x0)] = nan;
     sf.storage[sf.index(0, kk - 1, Ho - 1, Wo - 1)] = inf;             // and an inside one
     go.storage[go.index(0, c.C - 1, 0, 0)] = from_double<T>(-INFINITY);  // a border grad_output
     x.storage[x.index(0, 0, c.H - 1, c.W - 1)] = inf;                  // a corner input

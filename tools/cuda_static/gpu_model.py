@@ -277,16 +277,13 @@ class TiledLoops:
     """What the conservative model counts of a tiled kernel's SASS besides TiledSass: each
     loop's instructions per trip (0: the kernel has none), and the code in no loop."""
 
-    staging: int  # stage_planes' column loop (its loads batched: one per channel of the step)
-    staging_row: int  # its row loop's own code, per row trip
+    staging: int  # stage_planes' remainder loop, per trip (one load per channel of the step)
     filter: int  # the channel-filter staging loop, per trip
     filter_loads: int  # its loads per trip
     grad_output: int  # filter gradients: the loop loading the thread's grad_output values
     grad_output_loads: int
     other: int  # further loops in the step loop (counted one trip per step)
     outside: int  # instructions in no loop: prologue and epilogue, once per warp
-    prologue_row: int  # grad_input: the spatial-filter tile loop before the steps, row loop's own code
-    prologue_col: int  # and its column loop (one load per trip)
     handoff: int  # filter gradients: the lanes' hand-off loop after the steps, per trip
 
 
@@ -303,15 +300,13 @@ def tiled_loops(insns: List[Tuple[int, str, str]], reducing: bool) -> TiledLoops
     def n_ldg(lp: Loop) -> int:
         return sum(op.startswith("LDG") for op in lp.ops)
 
-    # stage_planes: the batched-load leaf loop nested in a row loop without a barrier.
-    staged = [lp for lp in loads if not lp.has("VOTE.ANY") and n_ldg(lp) >= 4
-              and (_enclosing(lp, every) is not None and not _enclosing(lp, every).has("BAR"))]
-    if not staged:  # no row loop around it: the largest load-store loop, as tiled_sass takes it
-        staged = [lp for lp in loads if not lp.has("VOTE.ANY")]
+    # stage_planes' remainder loop: a leaf with one load per channel of the step; else the
+    # largest load-store loop, as tiled_sass takes it.
+    staged = ([lp for lp in loads if not lp.has("VOTE.ANY") and n_ldg(lp) >= 4]
+              or [lp for lp in loads if not lp.has("VOTE.ANY")])
     if not staged:
         raise ValueError("unexpected loop structure: the model needs updating for this kernel")
     stage = max(staged, key=lambda l: l.size)
-    row = _enclosing(stage, every)
     steps = [l for l in every if l.has("BAR") and l.start <= min(inner.start, stage.start)
              and max(inner.end, stage.end) <= l.end]
     step = min(steps, key=lambda l: l.size)
@@ -319,8 +314,6 @@ def tiled_loops(insns: List[Tuple[int, str, str]], reducing: bool) -> TiledLoops
     for lp in every:
         covered.update(range(lp.start, lp.end + 1, 16))
     outside = sum(1 for a, _, _ in insns if a not in covered)
-    first_bar = min(l.start for l in every if l.has("BAR"))
-    prologue = [lp for lp in every if lp.has("LDG") and lp.end < first_bar]
     handoff = [lp for lp in every if not lp.children and lp.has("BAR") and lp.start > step.end]
     if reducing:
         inside = [lp for lp in loads if lp is not stage and step.start <= lp.start and lp.end <= step.end]
@@ -337,15 +330,10 @@ def tiled_loops(insns: List[Tuple[int, str, str]], reducing: bool) -> TiledLoops
     # but not the inner loop's checked copies (the non-finite paths).
     other = sum(lp.size for lp in leaves if id(lp) not in known and step.start <= lp.start and lp.end <= step.end
                 and not (lp.has(mark) and lp.has("LDS")))
-    pro_row = pro_col = 0
-    if prologue:
-        outer = max(prologue, key=lambda l: l.size)
-        pro_col = sum(c.size for c in outer.children)
-        pro_row = outer.own
-    return TiledLoops(stage.size, row.own if row is not None and not row.has("BAR") else 0,
+    return TiledLoops(stage.size,
                       filter_loop.size if filter_loop else 0, n_ldg(filter_loop) if filter_loop else 0,
                       go_loop.size if go_loop else 0, n_ldg(go_loop) if go_loop else 0,
-                      other, outside, pro_row, pro_col, max((l.size for l in handoff), default=0))
+                      other, outside, max((l.size for l in handoff), default=0))
 # --------------------------------------------------------------------------- conservative effects
 #
 # Each effect is one small function; tests/test_gpu_model.py pins each with a hand-computed case.
@@ -386,25 +374,34 @@ def live_warps(tx: int, ty: int, tz: int, map_h: int, map_w: int, rows: int = 1)
     return live * tz / (tiles_x * tiles_y)
 
 
-def staging_trips(halo_h: int, halo_w: int, tx: int, ty: int) -> List[Tuple[int, int]]:
-    """(row trips, column trips per row) of the staging loop (stage_planes: halo rows by ty,
-    columns by tx) that each warp of a channel lane issues in one step: the most rows and the
-    most columns any of its lanes walks."""
-    trips = []
-    for w in range(tx * ty // 32):
-        threads = range(32 * w, 32 * w + 32)
-        r = max(_ceil_div(max(halo_h - i // tx, 0), ty) for i in threads)
-        c = max(_ceil_div(max(halo_w - i % tx, 0), tx) for i in threads)
-        trips.append((r, c))
-    return trips
+def halo_slots(kernel: str) -> int:
+    """The halo elements per thread whose loads the kernel's staging (stage_planes) issues
+    together before its remainder loop: halo_slots() of csrc/cuda/ddf_cuda_tiled_plan.h,
+    read from the library (torch.ops.ddf._cuda_tiled_halo_slots)."""
+    import torch
+
+    load_library()
+    if not hasattr(torch.ops.ddf, "_cuda_tiled_halo_slots"):
+        raise RuntimeError("the loaded ddf library has no _cuda_tiled_halo_slots op: rebuild it (make build)")
+    return dict(zip(("forward", "grad_input", "filter_grads"), torch.ops.ddf._cuda_tiled_halo_slots()))[kernel]
 
 
-def staging_rounds(halo_h: int, halo_w: int, tx: int, ty: int) -> int:
-    """Round trips to memory on a step's critical path: a staging trip issues its loads (one
-    per channel of the step, all in flight) and stores them to shared memory, which waits for
-    them, before the next trip's loads; the barrier after staging waits for the thread with
-    the most trips, thread (0, 0)."""
-    return _ceil_div(halo_h, ty) * _ceil_div(halo_w, tx)
+def staging_trips(halo_h: int, halo_w: int, tx: int, ty: int, slots: int) -> List[int]:
+    """Trips of stage_planes' remainder loop that each warp of a channel lane issues in one
+    step. A thread stages halo elements lane_thread + q x (tx x ty): the first `slots`
+    straight-line (step code, all their loads in flight), the rest one per trip; a warp
+    issues as many trips as its busiest lane."""
+    n, elems = tx * ty, halo_h * halo_w
+    return [max(max(_ceil_div(max(elems - i, 0), n) - slots, 0) for i in range(32 * w, 32 * w + 32))
+            for w in range(n // 32)]
+
+
+def staging_rounds(halo_h: int, halo_w: int, tx: int, ty: int, slots: int) -> int:
+    """Round trips to memory on a step's critical path: one for the slots (all their loads in
+    flight, then their stores), then one per remainder trip (each trip's loads are stored
+    before the next trip's go out); the barrier after staging waits for thread 0, which has
+    the most elements."""
+    return 1 + max(_ceil_div(halo_h * halo_w, tx * ty) - slots, 0)
 
 
 def little_bandwidth(bytes_in_flight: float, latency_s: float) -> float:
@@ -577,16 +574,20 @@ def tiled_work(kernel: str, p: Plan, ts: TiledSass, tl: TiledLoops, per_sm: int,
     lane_threads = p.tx * p.ty
     steps = p.split_channels // (p.tz * p.ch)
     blocks = p.tiles * p.splits * B
-    trips = staging_trips(p.halo_h, p.halo_w, p.tx, p.ty)
-    # Per step, every warp: its staging trips, the step loop's own code, the other loops once.
+    slots = halo_slots(kernel)
+    trips = staging_trips(p.halo_h, p.halo_w, p.tx, p.ty, slots)
+    # Per step, every warp: its staging remainder trips, the step loop's own code (with the
+    # straight-line staging of the halo slots and of the channel filters), the other loops once.
     # Warp instructions of one block by phase: per step, then once per block.
-    parts = {"staging": p.tz * sum(r * c * tl.staging + r * tl.staging_row for r, c in trips),
+    parts = {"staging": p.tz * sum(t * tl.staging for t in trips),
              "step code": warps * (ts.step + tl.other)}
-    dram_rounds = steps * staging_rounds(p.halo_h, p.halo_w, p.tx, p.ty)
+    dram_rounds = steps * staging_rounds(p.halo_h, p.halo_w, p.tx, p.ty, slots)
     if kernel == "filter_grads":
         kk = K * K
         filter_trips = _ceil_div(_ceil_div(p.ch * kk, lane_threads), max(tl.filter_loads, 1))
-        go_trips = _ceil_div(p.ch * p.rows, max(tl.grad_output_loads, 1))
+        # The thread's grad_output values: straight-line (no loop: one round trip, its code in
+        # the step's own), or a loop of grad_output_loads loads a trip.
+        go_trips = _ceil_div(p.ch * p.rows, tl.grad_output_loads) if tl.grad_output else 1
         parts["filter staging"] = warps * filter_trips * tl.filter
         parts["staging"] += warps * go_trips * tl.grad_output
         # Every warp runs the channel loop for all ch channels (the warp sums need whole warps).
@@ -595,22 +596,19 @@ def tiled_work(kernel: str, p: Plan, ts: TiledSass, tl: TiledLoops, per_sm: int,
         l2_rounds = steps * _ceil_div(p.ch * kk, lane_threads)
         once = {"prologue/epilogue": warps * tl.outside + warps * (p.tz - 1) * tl.handoff}
     else:
-        # The lane's first warp stages the channel filters, one channel at a time (a load, a
-        # store and a vote per channel: ch round trips, to L2: every tile re-reads them);
-        # the compute loop runs on the warps with a pixel.
-        per_channel_trip = max(tl.filter_loads // 2, 1)  # two predicated rounds per channel
-        parts["filter staging"] = p.tz * _ceil_div(p.ch, per_channel_trip) * tl.filter
-        parts["compute"] = live_warps(p.tx, p.ty, p.tz, S, S) * p.ch * ts.inner
-        l2_rounds = steps * p.ch
-        once = {"prologue/epilogue": warps * tl.outside}
-        if kernel == "grad_input":
-            # The head's k*k spatial-filter tile, staged once: one load per trip of its loop.
-            rows_ = _ceil_div(K * K * p.halo_h, p.tz * p.ty)
-            cols = _ceil_div(p.halo_w, p.tx)
-            once["spatial-filter tile"] = warps * rows_ * (tl.prologue_row + cols * tl.prologue_col)
-            dram_rounds += rows_ * cols
+        # The lane's first warp stages the channel filters (L2: every tile re-reads them).
+        # Straight-line, all the step's loads first (no loop: one round trip, its code in the
+        # step's own); or, as before issue 18, a loop of a load, a store and a vote per
+        # channel (ch round trips). The compute loop runs on the warps with a pixel.
+        if tl.filter:
+            per_channel_trip = max(tl.filter_loads // 2, 1)  # two predicated rounds per channel
+            parts["filter staging"] = p.tz * _ceil_div(p.ch, per_channel_trip) * tl.filter
+            l2_rounds = steps * p.ch
         else:
-            dram_rounds += 1  # the pixel's spatial-filter taps, all in flight
+            l2_rounds = steps
+        parts["compute"] = live_warps(p.tx, p.ty, p.tz, S, S) * p.ch * ts.inner
+        once = {"prologue/epilogue": warps * tl.outside}
+        dram_rounds += 1  # the element's spatial-filter taps, all in flight
     parts = {k: v * steps for k, v in parts.items()}
     parts.update(once)
     return BlockWork(blocks, threads, per_sm, sum(parts.values()), dram_rounds, l2_rounds, moved, parts)
