@@ -115,6 +115,37 @@ def test_loops_nest_and_count_their_own_instructions():
     assert (ts.inner, ts.staging, ts.step) == (4, 3, 2)
 
 
+VOTE_SASS = """
+        Function : votes
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;
+        /*0020*/               @P0 BRA 0x70 ;
+        /*0030*/                   LDG.E R2, desc[UR4][R4.64] ;
+        /*0040*/                   STS [R3], R2 ;
+        /*0050*/                   BRA.DIV UR6, 0xd0 ;
+        /*0060*/                   VOTE.ANY R5, PT, P1 ;
+        /*0070*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;
+        /*0080*/                   LDS R5, [R3] ;
+        /*0090*/                   STG.E desc[UR4][R8.64], R5 ;
+        /*00a0*/               @P2 BRA 0x10 ;
+        /*00b0*/                   EXIT ;
+        /*00c0*/                   NOP ;
+        /*00d0*/                   VOTE.ANY R5, PT, P1 ;
+        /*00e0*/                   BRA 0x60 ;
+        /*00f0*/                   BRA 0xf0;
+"""
+
+
+def test_first_warp_region_and_vote_fallbacks():
+    insns = gm.sass_functions(VOTE_SASS)["votes"]
+    # The fallback at 0xd0 jumps back into the body from past the last EXIT: no loop. The step
+    # loop is 0x10-0xa0; the self-branch at 0xf0 stays a trivial loop.
+    assert sorted((l.start, l.end) for l in gm.walk(gm.loops_of(insns))) == [(0x10, 0xa0), (0xf0, 0xf0)]
+    # `@P0 BRA 0x70` skips 0x30-0x60, the load, store and vote of the first warp only.
+    assert list(gm.first_warp_region(insns, 0x10, 0xa0)) == [0x30, 0x40, 0x50, 0x60]
+    assert gm.first_warp_region(insns, 0x70, 0xa0) == range(0)
+
+
 def test_tiled_loops_on_a_kernel_without_row_loop():
     loops = gm.tiled_loops(gm.sass_functions(SASS)["kern"], reducing=False)
     # The staging loop is the step's own child here; no filter loop.
@@ -248,15 +279,16 @@ def test_a_tiled_forward_block_by_hand():
     # The 56² forward: plan, SASS costs and loops as the sm_90 cubin has them since issue 18's
     # staging change (the halo's slot and the channel filters straight-line, in the step code).
     p = gm.Plan(*RESNET50_PLANS["forward", 64, 56])
-    ts = gm.TiledSass(inner=50, staging=119, step=251)
+    ts = gm.TiledSass(inner=50, staging=119, step=478, first_warp=275)
     tl = gm.TiledLoops(staging=119, filter=0, filter_loads=0, grad_output=0, grad_output_loads=0,
-                       other=0, outside=334, handoff=0)
+                       other=0, outside=389, handoff=0)
     work = gm.tiled_work("forward", p, ts, tl, per_sm=3, B=64, S=56, moved=1.0)
     # 4 steps of 8 channels, 8 warps. Per step: one remainder trip of 119 on warps 0-2 (threads
-    # 0-83 stage a second halo element); the step's own 251 on every warp; 8 channels x 50 on 8
-    # live warps.
-    per_step = 3 * 119 + 8 * 251 + 8 * 8 * 50
-    assert work.warp_instr == 4 * per_step + 8 * 334
+    # 0-83 stage a second halo element); the step's own 478 less the channel-filter staging
+    # (275) on every warp, that staging on the lane's first warp; 8 channels x 50 on 8 live warps.
+    per_step = 3 * 119 + 8 * (478 - 275) + 275 + 8 * 8 * 50
+    assert work.warp_instr == 4 * per_step + 8 * 389
+    assert work.parts["filter staging"] == 4 * 275
     assert work.parts["compute"] == 4 * 8 * 8 * 50
     # Round trips: the spatial-filter taps, then per step the slot's and the remainder trip's
     # loads (DRAM) and the channel filters, all in flight together (L2).

@@ -203,12 +203,20 @@ def sass_functions(text: str) -> Dict[str, List[Tuple[int, str, str]]]:
 
 
 def loops_of(insns: List[Tuple[int, str, str]]) -> List[Loop]:
-    """The loops (backward branches) of one function, nested by address range; outermost first."""
+    """The loops (backward branches) of one function, nested by address range; outermost first.
+    A branch back from past the function's last EXIT is no loop: the compiler places the
+    divergent fallbacks of warp votes (BRA.DIV targets) there, and they jump back into the
+    body (only the final self-branch there counts, a trivial loop)."""
+    exits = [a for a, op, _ in insns if op.startswith("EXIT")]
+    body_end = max(exits) if exits else None
     spans = []
     for addr, op, rest in insns:
         m = re.search(r"0x([0-9a-f]+)", rest)
         if op.startswith("BRA") and m and int(m.group(1), 16) <= addr:
-            spans.append((int(m.group(1), 16), addr))
+            target = int(m.group(1), 16)
+            if body_end is not None and addr > body_end and target != addr:
+                continue
+            spans.append((target, addr))
     loops = [Loop(a, b, [op for x, op, _ in insns if a <= x <= b]) for a, b in sorted(set(spans))]
     roots: List[Loop] = []
     for lp in sorted(loops, key=lambda l: (l.start, -l.end)):
@@ -232,6 +240,7 @@ class TiledSass:
     inner: int  # instructions of the inner loop, per iteration
     staging: int  # instructions of the staging loop, per element (all channels of a step)
     step: int  # instructions of the step loop outside its nested loops (once per step)
+    first_warp: int = 0  # of those, the ones only a lane's first warp runs (channel-filter staging)
 
 
 def tiled_sass(insns: List[Tuple[int, str, str]], reducing: bool) -> TiledSass:
@@ -260,7 +269,26 @@ def tiled_sass(insns: List[Tuple[int, str, str]], reducing: bool) -> TiledSass:
         if lp is not step and step.start <= lp.start and lp.end <= step.end:
             covered.update(range(lp.start, lp.end + 1, 16))
     own = sum(1 for a, _, _ in insns if step.start <= a <= step.end and a not in covered)
-    return TiledSass(fast.size, stage.size, own)
+    region = first_warp_region(insns, step.start, step.end) if not reducing else range(0)
+    first = sum(1 for a, _, _ in insns if a in region and a not in covered)
+    return TiledSass(fast.size, stage.size, own, first)
+
+
+def first_warp_region(insns: List[Tuple[int, str, str]], start: int, end: int) -> range:
+    """Addresses of the step loop [start, end] that only a lane's first warp runs: the
+    channel-filter staging of the forward and grad_input (stage_channel_filters: `if (t >= 32)
+    return;`, then a VOTE.ANY per channel). It is the code a forward branch skips from before
+    the step's first VOTE.ANY to past its last (the innermost such branch); empty if none."""
+    votes = [a for a, op, _ in insns if op == "VOTE.ANY" and start <= a <= end]
+    if not votes:
+        return range(0)
+    lo, hi = min(votes), max(votes)
+    best = None
+    for a, op, rest in insns:
+        m = re.search(r"0x([0-9a-f]+)", rest)
+        if op == "BRA" and m and start <= a < lo and hi < int(m.group(1), 16) <= end + 16:
+            best = (a, int(m.group(1), 16))  # the last one before the votes: the innermost
+    return range(best[0] + 16, best[1], 16) if best else range(0)
 
 
 
@@ -605,6 +633,9 @@ def tiled_work(kernel: str, p: Plan, ts: TiledSass, tl: TiledLoops, per_sm: int,
             parts["filter staging"] = p.tz * _ceil_div(p.ch, per_channel_trip) * tl.filter
             l2_rounds = steps * p.ch
         else:
+            # Straight-line: the first warp of each lane runs it, the others branch around it.
+            parts["filter staging"] = p.tz * ts.first_warp
+            parts["step code"] -= warps * ts.first_warp
             l2_rounds = steps
         parts["compute"] = live_warps(p.tx, p.ty, p.tz, S, S) * p.ch * ts.inner
         once = {"prologue/epilogue": warps * tl.outside}
@@ -691,7 +722,9 @@ def model(funcs, res, dtype: str, gpu: Gpu = H100_SXM) -> List[Row]:
             # loop (per staged element, for all ch channels), the step's own code.
             outputs_per_step = p.ch * p.rows
             inner = ts.inner / (p.rows if reducing else 1)
-            sass = inner + ts.staging * halo_per_px / p.ch + ts.step / outputs_per_step
+            # (The step's first-warp-only code, the channel-filter staging, once per lane's warps.)
+            step_sass = ts.step - ts.first_warp + ts.first_warp / (p.tx * p.ty // 32)
+            sass = inner + ts.staging * halo_per_px / p.ch + step_sass / outputs_per_step
             if kernel == "forward":
                 min_b = e * (x + cf + sf + out)
                 moved = e * (x + out + cf + sf * p.splits)
