@@ -26,7 +26,7 @@ constexpr int kBlockThreads = 256;
 // spatial-filter tile once more (and, in the filter-gradient kernel, writes one more partial
 // grad_spatial_filter), so the split stops at about one full wave.
 constexpr int64_t kTargetBlocks = 1024;
-// The filter-gradient kernel splits for whole waves instead (plan_splits): each split adds
+// The filter-gradient kernel splits for whole waves instead (plan_split_channels): each split adds
 // a float partial grad_spatial_filter, written and read back once more, and the kernel holds
 // few blocks per SM (registers), so a partial last wave costs a whole block's time. Its wave
 // is sized for the SMs of an H100 / H200 SXM and the blocks per SM its registers allow on
@@ -145,8 +145,8 @@ inline int64_t plan_split_channels(int64_t cph, int64_t step_channels, int64_t b
   const int64_t max_splits = ceil_div(cph, step_channels);
   auto channels_for = [&](int64_t want) { return ceil_div(ceil_div(cph, want), step_channels) * step_channels; };
   if (wave_blocks <= 0) return channels_for(std::min(std::max<int64_t>(ceil_div(target, base_blocks), 1), max_splits));
-  // Past max(2 waves, one block per split) more splits only shorten the blocks in proportion
-  // to their count: no better cost, and the search stays short.
+  // Beyond two waves of blocks, more splits shorten each block about in proportion to their
+  // count: no better cost. The search stops there.
   const int64_t last = std::min(max_splits, std::max<int64_t>(ceil_div(2 * wave_blocks, base_blocks), 1));
   int64_t best_channels = channels_for(1), best_cost = -1;
   for (int64_t want = 1; want <= last; ++want) {
