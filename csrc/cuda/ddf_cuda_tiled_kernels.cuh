@@ -156,7 +156,6 @@ __device__ __forceinline__ int halo_source(const Halo& hl, int e) {
 // halo_slots() (ddf_cuda_tiled_plan.h).
 template <int N>
 struct HaloSlots {
-  static constexpr int slots = N;
   int src[N];  // halo_source() of the slot's element
 };
 
@@ -167,6 +166,22 @@ __device__ __forceinline__ HaloSlots<N> find_halo_slots(const Halo& hl) {
 #pragma unroll
   for (int q = 0; q < N; ++q) m.src[q] = halo_source(hl, lt + q * n);
   return m;
+}
+
+// One halo element of the step's channels: load (`src`: its offset in a plane, -1 for 0
+// outside the map) and store (to `dst`, tiles tile_floats apart); the loads of a batch go
+// out before any store waits for them.
+template <typename scalar_t>
+__device__ __forceinline__ void load_channels(const scalar_t* first, int plane_elems, int active, int src,
+                                              float (&v)[kLaneChannels]) {
+#pragma unroll
+  for (int u = 0; u < kLaneChannels; ++u) v[u] = src >= 0 && u < active ? widen(first[u * plane_elems + src]) : 0.f;
+}
+
+__device__ __forceinline__ void store_channels(const float (&v)[kLaneChannels], int active, float* dst, int tile_floats) {
+#pragma unroll
+  for (int u = 0; u < kLaneChannels; ++u)
+    if (u < active) dst[u * tile_floats] = v[u];
 }
 
 // Stages the halo of the step's `active` planes (`first` is the first one; planes are
@@ -180,30 +195,17 @@ __device__ __forceinline__ void stage_planes(const scalar_t* first, int plane_el
   // load in turn).
   float v[N][kLaneChannels];
 #pragma unroll
+  for (int q = 0; q < N; ++q) load_channels(first, plane_elems, active, m.src[q], v[q]);
+#pragma unroll
   for (int q = 0; q < N; ++q)
-#pragma unroll
-    for (int u = 0; u < kLaneChannels; ++u)
-      v[q][u] = m.src[q] >= 0 && u < active ? widen(first[u * plane_elems + m.src[q]]) : 0.f;
-#pragma unroll
-  for (int q = 0; q < N; ++q) {
-    const int e = lt + q * n;
-    if (e < elems) {
-#pragma unroll
-      for (int u = 0; u < kLaneChannels; ++u)
-        if (u < active) tiles[u * tile_floats + e] = v[q][u];
-    }
-  }
+    if (lt + q * n < elems) store_channels(v[q], active, tiles + lt + q * n, tile_floats);
   // Halos of more than N elements per thread (k = 5 and 7, stride 2, large dilations, the
   // filter gradients' two rows per thread): the rest, one element at a time.
 #pragma unroll 1
   for (int e = lt + N * n; e < elems; e += n) {
-    const int src = halo_source(hl, e);
     float w[kLaneChannels];
-#pragma unroll
-    for (int u = 0; u < kLaneChannels; ++u) w[u] = src >= 0 && u < active ? widen(first[u * plane_elems + src]) : 0.f;
-#pragma unroll
-    for (int u = 0; u < kLaneChannels; ++u)
-      if (u < active) tiles[u * tile_floats + e] = w[u];
+    load_channels(first, plane_elems, active, halo_source(hl, e), w);
+    store_channels(w, active, tiles + e, tile_floats);
   }
 }
 

@@ -23,8 +23,7 @@ namespace tiled {
 constexpr int kBlockThreads = 256;
 // Blocks a launch aims for before it stops splitting the channels of a head over more
 // blocks: an H100 holds 132 SMs x 8 blocks of 256 threads. Each extra split re-reads the
-// spatial-filter tile once more (and, in the filter-gradient kernel, writes one more partial
-// grad_spatial_filter), so the split stops at about one full wave.
+// spatial filter of its tile once more, so the split stops at about one full wave.
 constexpr int64_t kTargetBlocks = 1024;
 // The filter-gradient kernel splits for whole waves instead (plan_split_channels): each split adds
 // a float partial grad_spatial_filter, written and read back once more, and the kernel holds
