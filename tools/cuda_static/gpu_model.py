@@ -306,7 +306,7 @@ class TiledLoops:
     loop's instructions per trip (0: the kernel has none), and the code in no loop."""
 
     staging: int  # stage_planes' remainder loop, per trip (one load per channel of the step)
-    filter: int  # the channel-filter staging loop, per trip
+    filter: int  # filter gradients: the channel-filter staging loop, per trip (0 elsewhere)
     filter_loads: int  # its loads per trip
     grad_output: int  # filter gradients: the loop loading the thread's grad_output values
     grad_output_loads: int
@@ -350,9 +350,11 @@ def tiled_loops(insns: List[Tuple[int, str, str]], reducing: bool) -> TiledLoops
         filter_loop = max(flt, key=lambda l: l.size) if flt else None
         go_loop = max(go, key=lambda l: l.size) if go else None
     else:
-        flt = [lp for lp in loads if lp.has("VOTE.ANY")]
-        filter_loop = max(flt, key=lambda l: l.size) if flt else None
-        go_loop = None
+        # The channel filters are staged straight-line (stage_channel_filters unrolls): a loop
+        # with their votes is a structure tiled_work does not model.
+        if any(lp.has("VOTE.ANY") for lp in loads):
+            raise ValueError("a channel-filter staging loop: the model needs updating for this kernel")
+        filter_loop = go_loop = None
     known = {id(x) for x in (inner, stage, filter_loop, go_loop) if x is not None}
     # Other loops of the step (filter gradients: the warp sums, the channel partials' writes),
     # but not the inner loop's checked copies (the non-finite paths).
@@ -624,19 +626,12 @@ def tiled_work(kernel: str, p: Plan, ts: TiledSass, tl: TiledLoops, per_sm: int,
         l2_rounds = steps * _ceil_div(p.ch * kk, lane_threads)
         once = {"prologue/epilogue": warps * tl.outside + warps * (p.tz - 1) * tl.handoff}
     else:
-        # The lane's first warp stages the channel filters (L2: every tile re-reads them).
-        # Straight-line, all the step's loads first (no loop: one round trip, its code in the
-        # step's own); or, as before issue 18, a loop of a load, a store and a vote per
-        # channel (ch round trips). The compute loop runs on the warps with a pixel.
-        if tl.filter:
-            per_channel_trip = max(tl.filter_loads // 2, 1)  # two predicated rounds per channel
-            parts["filter staging"] = p.tz * _ceil_div(p.ch, per_channel_trip) * tl.filter
-            l2_rounds = steps * p.ch
-        else:
-            # Straight-line: the first warp of each lane runs it, the others branch around it.
-            parts["filter staging"] = p.tz * ts.first_warp
-            parts["step code"] -= warps * ts.first_warp
-            l2_rounds = steps
+        # The lane's first warp stages the channel filters straight-line, all the step's loads
+        # first: one round trip (to L2: every tile re-reads them); the other warps branch
+        # around that code. The compute loop runs on the warps with a pixel.
+        parts["filter staging"] = p.tz * ts.first_warp
+        parts["step code"] -= warps * ts.first_warp
+        l2_rounds = steps
         parts["compute"] = live_warps(p.tx, p.ty, p.tz, S, S) * p.ch * ts.inner
         once = {"prologue/epilogue": warps * tl.outside}
         dram_rounds += 1  # the element's spatial-filter taps, all in flight
