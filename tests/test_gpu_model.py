@@ -16,10 +16,10 @@ PLAN_FIELDS = ["tx", "ty", "tz", "ch", "rows", "halo_h", "halo_w", "tiles", "spl
 # the model kept until issue 17, which was checked against the C++ on 68 geometries):
 # PLAN_FIELDS per (kernel, C, map size).
 RESNET50_PLANS = {
-    ("forward", 64, 56): [32, 8, 1, 8, 1, 10, 34, 14, 2, 32, 11264],
-    ("forward", 128, 28): [32, 8, 1, 8, 1, 10, 34, 4, 4, 32, 11264],
-    ("forward", 256, 14): [16, 16, 1, 8, 1, 18, 18, 1, 16, 16, 10752],
-    ("forward", 512, 7): [8, 8, 4, 8, 1, 10, 10, 1, 16, 32, 14336],
+    ("forward", 64, 56): [32, 8, 1, 8, 1, 10, 34, 14, 2, 32, 11168],
+    ("forward", 128, 28): [32, 8, 1, 8, 1, 10, 34, 4, 4, 32, 11168],
+    ("forward", 256, 14): [16, 16, 1, 8, 1, 18, 18, 1, 16, 16, 10656],
+    ("forward", 512, 7): [8, 8, 4, 8, 1, 10, 10, 1, 16, 32, 13952],
     ("grad_input", 64, 56): [32, 8, 1, 8, 1, 11, 35, 14, 2, 32, 12800],
     ("grad_input", 128, 28): [32, 8, 1, 8, 1, 11, 35, 4, 4, 32, 12800],
     ("grad_input", 256, 14): [16, 16, 1, 8, 1, 19, 19, 1, 16, 16, 12032],
@@ -66,9 +66,11 @@ def test_filter_grads_split_for_whole_waves():
 
 
 def test_smaller_calls_and_calls_that_take_the_generic_kernels():
-    # Fewer channels than a lane step, stride 2, dilation 3, k = 7: planned, shrunk.
+    # Fewer channels than a lane step, stride 2, dilation 3, k = 7: planned. The forward
+    # stages a group of four channels (ddf_cuda_tiled_plan.h, forward_lane_floats): 49 x 8
+    # filter floats and 4 x 2676 tile floats (the 33 x 81 halo rounded up to 4).
     p = gm.plan_tiled("forward", 1, 3, 20, 33, 7, 1, 2, 3)
-    assert [getattr(p, f) for f in PLAN_FIELDS] == [32, 8, 1, 3, 1, 33, 81, 2, 1, 3, 32736]
+    assert [getattr(p, f) for f in PLAN_FIELDS] == [32, 8, 1, 3, 1, 33, 81, 2, 1, 3, (49 * 8 + 4 * 2676) * 4]
     p = gm.plan_tiled("filter_grads", 2, 6, 37, 70, 3, 1, 2, 1)
     assert [getattr(p, f) for f in PLAN_FIELDS] == [32, 8, 1, 3, 2, 33, 65, 4, 2, 3, 32928]
     # k = 9, stride 3, and a halo (dilation 40, k = 7) over 48 KiB: generic kernels.
@@ -144,6 +146,50 @@ def test_first_warp_region_and_vote_fallbacks():
     # `@P0 BRA 0x70` skips 0x30-0x60, the load, store and vote of the first warp only.
     assert list(gm.first_warp_region(insns, 0x10, 0xa0)) == [0x30, 0x40, 0x50, 0x60]
     assert gm.first_warp_region(insns, 0x70, 0xa0) == range(0)
+
+
+GROUPED_SASS = """
+        Function : grouped
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;
+        /*0020*/                   LDG.E R2, desc[UR4][R4.64] ;
+        /*0030*/                   STS [R3], R2 ;
+        /*0040*/               @P0 BRA 0x20 ;
+        /*0050*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;
+        /*0060*/               @P1 BRA 0x100 ;
+        /*0070*/               @P3 BRA 0xb0 ;
+        /*0080*/                   FFMA R6, R5, R5, R6 ;
+        /*0090*/                   FFMA R6, R5, R5, R6 ;
+        /*00a0*/                   BRA 0xf0 ;
+        /*00b0*/               @P4 BRA 0xd0 ;
+        /*00c0*/                   FFMA R6, R5, R5, R6 ;
+        /*00d0*/               @P5 BRA 0xf0 ;
+        /*00e0*/                   FFMA R6, R5, R5, R6 ;
+        /*00f0*/                   STG.E desc[UR4][R8.64], R6 ;
+        /*0100*/                   IADD3 R7, R7, 0x1, RZ ;
+        /*0110*/               @P2 BRA 0x10 ;
+        /*0120*/                   EXIT ;
+        /*0130*/                   BRA 0x130;
+"""
+
+
+def test_grouped_compute_is_the_cheapest_path_through_all_the_work():
+    insns = gm.sass_functions(GROUPED_SASS)["grouped"]
+    # Guards are kept with the operands; an unguarded BRA has no fall-through.
+    assert insns[6] == (0x60, "BRA", "@P1 0x100") and insns[10] == (0xa0, "BRA", "0xf0")
+    # From after the last barrier: the no-pixel path (0 FFMA), the checked copy (2 FFMA in 9
+    # instructions with every tap inside) and the unchecked one (2 FFMA in 8): the last.
+    assert gm.cheapest_full_path(insns, 0x60, 0x110) == (2, 8)
+    ts = gm.tiled_sass(insns, reducing=False)
+    # No inner loop: the step loop 0x10-0x110 owns 17 - 3 (staging) = 14, of which 12 after
+    # its last barrier are compute code.
+    assert (ts.inner, ts.staging, ts.step, ts.compute, ts.compute_code) == (0, 3, 14, 8, 12)
+    loops = gm.tiled_loops(insns, reducing=False)
+    assert (loops.staging, loops.other, loops.outside) == (3, 0, 2)
+    # A loop in that code is not straight-line: the model refuses to guess.
+    looped = GROUPED_SASS.replace("@P5 BRA 0xf0", "@P5 BRA 0xc0")
+    with pytest.raises(ValueError, match="loop"):
+        gm.tiled_sass(gm.sass_functions(looped)["grouped"], reducing=False)
 
 
 def test_tiled_loops_on_a_kernel_without_row_loop():
@@ -276,20 +322,22 @@ def test_launch_cost_waves_and_tail_add_up():
 
 
 def test_a_tiled_forward_block_by_hand():
-    # The 56² forward: plan, SASS costs and loops as the sm_90 cubin has them since issue 18's
-    # staging change (the halo's slot and the channel filters straight-line, in the step code).
+    # The 56² forward: plan, SASS costs and loops as the sm_90 cubin has them since the
+    # forward stages its channels in groups of four (no inner loop: the step's compute is one
+    # straight-line path of 252 instructions for its 8 channels, among 524 of compute code).
     p = gm.Plan(*RESNET50_PLANS["forward", 64, 56])
-    ts = gm.TiledSass(inner=50, staging=119, step=478, first_warp=275)
-    tl = gm.TiledLoops(staging=119, filter=0, filter_loads=0, grad_output=0, grad_output_loads=0,
-                       other=0, outside=389, handoff=0)
+    ts = gm.TiledSass(inner=0, staging=76, step=853, first_warp=229, compute=252, compute_code=524)
+    tl = gm.TiledLoops(staging=76, filter=0, filter_loads=0, grad_output=0, grad_output_loads=0,
+                       other=0, outside=422, handoff=0)
     work = gm.tiled_work("forward", p, ts, tl, per_sm=3, B=64, S=56, moved=1.0)
-    # 4 steps of 8 channels, 8 warps. Per step: one remainder trip of 119 on warps 0-2 (threads
-    # 0-83 stage a second halo element); the step's own 478 less the channel-filter staging
-    # (275) on every warp, that staging on the lane's first warp; 8 channels x 50 on 8 live warps.
-    per_step = 3 * 119 + 8 * (478 - 275) + 275 + 8 * 8 * 50
-    assert work.warp_instr == 4 * per_step + 8 * 389
-    assert work.parts["filter staging"] == 4 * 275
-    assert work.parts["compute"] == 4 * 8 * 8 * 50
+    # 4 steps of 8 channels, 8 warps. Per step: one remainder trip of 76 on warps 0-2 (threads
+    # 0-83 stage a second halo element); the step's own 853 less the channel-filter staging
+    # (229) and the compute code (524) on every warp, that staging on the lane's first warp;
+    # the compute path, 252, on the 8 live warps.
+    per_step = 3 * 76 + 8 * (853 - 229 - 524) + 229 + 8 * 252
+    assert work.warp_instr == 4 * per_step + 8 * 422
+    assert work.parts["filter staging"] == 4 * 229
+    assert work.parts["compute"] == 4 * 8 * 252
     # Round trips: the spatial-filter taps, then per step the slot's and the remainder trip's
     # loads (DRAM) and the channel filters, all in flight together (L2).
     assert (work.dram_rounds, work.l2_rounds, work.blocks) == (1 + 4 * 2, 4, 14 * 2 * 64)

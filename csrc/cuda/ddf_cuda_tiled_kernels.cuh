@@ -8,9 +8,10 @@
 // threads are (tx, ty) pixels x tz channel lanes; each lane walks its channels of the split.
 //
 //   forward      tile of outputs. Each thread reads its pixel's k*k spatial-filter taps once
-//                into registers and reuses them for every channel. Per channel the lane
-//                stages the input tile and halo (zero outside the image) and the k*k
-//                channel-filter values in shared memory, as float.
+//                into registers and reuses them for every channel. Per step the lane stages
+//                its channels' input tile and halo (zero outside the image) and their k*k
+//                channel-filter values in shared memory, as float, interleaved in groups of
+//                four channels (one 16-byte load per tap and group, ddf_cuda_tiled_plan.h).
 //   grad_input   tile of inputs, a gather: each thread reads the k*k spatial-filter values
 //                its input element gathers with once into registers (0 where no tap reads
 //                it) and reuses them for every channel; grad_output is staged per channel.
@@ -90,11 +91,12 @@ __device__ __forceinline__ LaneStep lane_step(const TiledGeometry& g, const Bloc
 template <int K>
 constexpr int kFilterBatch = K == 7 ? 1 : kLaneChannels;
 
-// Stages the step's k*k channel-filter values per channel (float, filters[u * KP + tap])
-// and a bit mask of the channels with a value that is not finite. Run by the lane's first
-// warp (32 threads cover k*k <= 49 taps in one or two rounds), kFilterBatch channels' loads
-// before their stores.
-template <typename scalar_t, int K>
+// Stages the step's k*k channel-filter values per channel as float, channel-major
+// (filters[u * KP + tap]) or, kTapMajor (the forward), tap-major (filters[tap * kLaneChannels
+// + u], 0 for channels past `active`), and a bit mask of the channels with a value that is
+// not finite. Run by the lane's first warp (32 threads cover k*k <= 49 taps in one or two
+// rounds), kFilterBatch channels' loads before their stores.
+template <typename scalar_t, int K, bool kTapMajor = false>
 __device__ __forceinline__ void stage_channel_filters(const scalar_t* cf, Strides4 cs, int b, LaneStep ls,
                                                       float* filters, int* nonfinite_mask) {
   constexpr int KK = K * K, KP = padded_taps(K), kRounds = (KK + 31) / 32, kBatch = kFilterBatch<K>;
@@ -118,13 +120,21 @@ __device__ __forceinline__ void stage_channel_filters(const scalar_t* cf, Stride
 #pragma unroll
     for (int du = 0; du < kBatch; ++du) {
       const int u = u0 + du;
+      if (kTapMajor) {
+        // Every channel of the group is read: the ones past `active` get their 0.
+#pragma unroll
+        for (int round = 0; round < kRounds; ++round) {
+          const int tap = t + 32 * round;
+          if (tap < KK) filters[tap * kLaneChannels + u] = v[du][round];
+        }
+      }
       if (u < ls.active) {
         bool bad = false;
 #pragma unroll
         for (int round = 0; round < kRounds; ++round) {
           const int tap = t + 32 * round;
           if (tap < KK) {
-            filters[u * KP + tap] = v[du][round];
+            if (!kTapMajor) filters[u * KP + tap] = v[du][round];
             bad = bad || !is_finite(v[du][round]);
           }
         }
@@ -184,10 +194,32 @@ __device__ __forceinline__ void store_channels(const float (&v)[kLaneChannels], 
     if (u < active) dst[u * tile_floats] = v[u];
 }
 
+// Interleaved (the forward): element e of channel u at tiles[(u / 4) * group_floats + e * 4 +
+// u % 4], one 16-byte store per group of four channels; the groups that hold a channel of
+// the step's `active` are written whole (0 past `active`: load_channels' value there).
+__device__ __forceinline__ void store_channel_groups(const float (&v)[kLaneChannels], int active, float* tiles, int e,
+                                                     int group_floats) {
+  static_assert(kLaneChannels == 2 * kGroupChannels, "two groups of four channels per step");
+  *reinterpret_cast<float4*>(tiles + e * kGroupChannels) = make_float4(v[0], v[1], v[2], v[3]);
+  if (active > kGroupChannels)
+    *reinterpret_cast<float4*>(tiles + group_floats + e * kGroupChannels) = make_float4(v[4], v[5], v[6], v[7]);
+}
+
+template <bool kInterleaved>
+__device__ __forceinline__ void store_element(const float (&v)[kLaneChannels], int active, float* tiles, int e,
+                                              int tile_floats) {
+  if (kInterleaved) {
+    store_channel_groups(v, active, tiles, e, tile_floats);
+  } else {
+    store_channels(v, active, tiles + e, tile_floats);
+  }
+}
+
 // Stages the halo of the step's `active` planes (`first` is the first one; planes are
-// `plane_elems` apart) as float: tile u starts at tiles + u * tile_floats. Tiles of channels
+// `plane_elems` apart) as float: tile u starts at tiles + u * tile_floats, or kInterleaved,
+// group u / 4 at tiles + (u / 4) * tile_floats (store_channel_groups). Tiles of channels
 // past `active` are not written (nothing reads them).
-template <typename scalar_t, int N>
+template <typename scalar_t, int N, bool kInterleaved = false>
 __device__ __forceinline__ void stage_planes(const scalar_t* first, int plane_elems, int active, const Halo& hl,
                                              const HaloSlots<N>& m, float* tiles, int tile_floats) {
   const int lt = lane_thread(), n = int(blockDim.x * blockDim.y), elems = hl.h * hl.w;
@@ -198,54 +230,87 @@ __device__ __forceinline__ void stage_planes(const scalar_t* first, int plane_el
   for (int q = 0; q < N; ++q) load_channels(first, plane_elems, active, m.src[q], v[q]);
 #pragma unroll
   for (int q = 0; q < N; ++q)
-    if (lt + q * n < elems) store_channels(v[q], active, tiles + lt + q * n, tile_floats);
+    if (lt + q * n < elems) store_element<kInterleaved>(v[q], active, tiles, lt + q * n, tile_floats);
   // Halos of more than N elements per thread (k = 5 and 7, stride 2, large dilations, the
   // filter gradients' two rows per thread): the rest, one element at a time.
 #pragma unroll 1
   for (int e = lt + N * n; e < elems; e += n) {
     float w[kLaneChannels];
     load_channels(first, plane_elems, active, halo_source(hl, e), w);
-    store_channels(w, active, tiles + e, tile_floats);
+    store_element<kInterleaved>(w, active, tiles, e, tile_floats);
   }
+}
+
+// ---- forward: the grouped steps ------------------------------------------------------------
+
+constexpr int kStepGroups = kLaneChannels / kGroupChannels;
+
+// Stores group q's four results (channels 4q .. 4q + 3 of the step; those below `active`)
+// through o, which walks one plane (plane_elems) per channel: 64-bit address steps, no index
+// math per channel; its steps past the step's last channel are never dereferenced.
+template <typename scalar_t>
+__device__ __forceinline__ void store_group(float4 acc, int q, int active, scalar_t*& o, int plane_elems) {
+  const float v[kGroupChannels] = {acc.x, acc.y, acc.z, acc.w};
+#pragma unroll
+  for (int u = 0; u < kGroupChannels; ++u, o += plane_elems)
+    if (q * kGroupChannels + u < active) *o = narrow<scalar_t>(v[u]);
 }
 
 // ---- forward -------------------------------------------------------------------------------
 
-// One output: taps of the staged input tile (xt: the pixel's first tap) times the combined
-// filters. kChecked: skip taps outside the image (for a non-finite channel-filter value).
+// One output pixel for a group of four of the step's channels (acc[u]: channel 4q + u):
+// taps of the group's interleaved input tile (xt: the pixel's first tap in it) times the
+// combined filters (tap-major; f: the group's first channel's value of tap 0). Each tap is one
+// 16-byte load of input and one of filter, both at offsets known at compile time past the
+// pixel's first tap. kChecked: skip taps outside the image (for a non-finite channel-filter
+// value; the finite channels lose nothing: those taps' inputs are staged 0, and acc, a sum
+// from +0, is never -0, so adding a 0 product never changes it).
 template <Combine M, int K, int S, bool kChecked>
-__device__ __forceinline__ float forward_pixel(const float* xt, const float* f, const float (&s)[K * K],
-                                               const TiledGeometry& g, int oy, int ox) {
+__device__ __forceinline__ float4 forward_group(const float* xt, const float* f, const float (&s)[K * K],
+                                                const TiledGeometry& g, int oy, int ox) {
   const int d = g.dilation, hw = g.halo_w;
-  float acc = 0.f;
+  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
   for (int i = 0; i < K; ++i) {
     const int iy = oy * S + i * d - g.pad;
 #pragma unroll
     for (int j = 0; j < K; ++j) {
       const int ix = ox * S + j * d - g.pad;
-      if (!kChecked || (iy >= 0 && iy < g.H && ix >= 0 && ix < g.W))
-        acc += xt[i * d * hw + j * d] * combine_filters<M>(f[i * K + j], s[i * K + j]);
+      if (!kChecked || (iy >= 0 && iy < g.H && ix >= 0 && ix < g.W)) {
+        const float4 xv = *reinterpret_cast<const float4*>(xt + (i * d * hw + j * d) * kGroupChannels);
+        const float4 fv = *reinterpret_cast<const float4*>(f + (i * K + j) * kLaneChannels);
+        const float st = s[i * K + j];
+        acc.x += xv.x * combine_filters<M>(fv.x, st);
+        acc.y += xv.y * combine_filters<M>(fv.y, st);
+        acc.z += xv.z * combine_filters<M>(fv.z, st);
+        acc.w += xv.w * combine_filters<M>(fv.w, st);
+      }
     }
   }
   return acc;
 }
 
+// Registers: 80 for k = 3, three blocks of 256 threads per SM (the compiler takes 96 unasked:
+// two blocks, whose staging round trips overlap less with other blocks' work); 128 for k = 5,
+// two blocks (160-162 unasked: one). None spills there (make cuda-resources).
 template <typename scalar_t, Combine M, int K, int S>
-__global__ void __launch_bounds__(kBlockThreads) tiled_forward_kernel(
+__global__ void __launch_bounds__(kBlockThreads) __maxnreg__(K == 3 ? 80 : (K == 5 ? 128 : 255)) tiled_forward_kernel(
     const scalar_t* __restrict__ x,
     const scalar_t* __restrict__ cf, Strides4 cs,
     const scalar_t* __restrict__ sf,
     scalar_t* __restrict__ out,
     TiledGeometry g) {
-  constexpr int KK = K * K, KP = padded_taps(K);
+  constexpr int KK = K * K;
   DDF_DYNAMIC_SHARED(float, smem);
   DDF_STATIC_SHARED(int, nonfinite_mask, kFlagWords);
   static_assert(sizeof(nonfinite_mask) <= kStaticSharedBytes, "the plan budgets kStaticSharedBytes of static shared memory");
   const BlockTile t = block_tile(g);
-  const int tz = threadIdx.z, d = g.dilation, hw = g.halo_w, ch = g.lane_channels, plane = plane_floats(g);
-  float* filters = smem + tz * ch * (KP + plane);  // [ch][KP], then the tiles [ch][plane]
-  float* x_tiles = filters + ch * KP;
+  const int tz = threadIdx.z, d = g.dilation, hw = g.halo_w, plane = plane_floats(g);
+  // The lane's channel filters [KK][kLaneChannels], then its interleaved input tiles
+  // (forward_lane_floats in ddf_cuda_tiled_plan.h).
+  float* filters = smem + tz * forward_lane_floats(K, g.lane_channels, plane);
+  float* x_tiles = filters + KK * kLaneChannels;
+  const int group_floats = plane * kGroupChannels;
   const int oy = t.y0 + threadIdx.y, ox = t.x0 + threadIdx.x;
   const bool pixel = oy < g.Ho && ox < g.Wo;
   const int HW = g.H * g.W, HoWo = g.Ho * g.Wo;
@@ -262,32 +327,33 @@ __global__ void __launch_bounds__(kBlockThreads) tiled_forward_kernel(
       s[i * K + j] = inside ? widen(sf[((t.b * g.G + t.h) * KK + i * K + j) * HoWo + oy * g.Wo + ox]) : 0.f;
     }
   }
-  const int at = threadIdx.y * S * hw + threadIdx.x * S;  // the pixel's first tap in a tile
+  // The pixel's first tap in group 0's tile.
+  const float* xt = x_tiles + (threadIdx.y * S * hw + threadIdx.x * S) * kGroupChannels;
 
   const Halo halo{g.H, g.W, t.y0 * S - g.pad, t.x0 * S - g.pad, g.halo_h, hw};
   const auto slots = find_halo_slots<halo_slots(Kernel::Forward)>(halo);
-  const int steps = g.split_channels / (int(blockDim.z) * ch);
+  const int steps = g.split_channels / (int(blockDim.z) * g.lane_channels);
   for (int step = 0; step < steps; ++step) {
     const LaneStep ls = lane_step(g, t, step);
     __syncthreads();  // the previous step's readers are done with the tiles
-    stage_channel_filters<scalar_t, K>(cf, cs, t.b, ls, filters, &nonfinite_mask[tz]);
-    stage_planes(ls.active > 0 ? x + (t.b * g.C + ls.c0) * HW : x, HW, ls.active, halo, slots, x_tiles, plane);
+    stage_channel_filters<scalar_t, K, true>(cf, cs, t.b, ls, filters, &nonfinite_mask[tz]);
+    stage_planes<scalar_t, halo_slots(Kernel::Forward), true>(ls.active > 0 ? x + (t.b * g.C + ls.c0) * HW : x, HW,
+                                                              ls.active, halo, slots, x_tiles, group_floats);
     __syncthreads();
     if (!pixel || ls.active == 0) continue;  // below: c0 is a real channel
-    // The inner loop without the checks unless a channel of this step has a non-finite filter.
-    const int mask = nonfinite_mask[tz];
+    // A group of four channels at a time, its outputs stored before the next group's start
+    // (fewer live registers: 80 hold it with no stack on sm_80-sm_90); the taps unchecked
+    // unless a channel of this step has a non-finite filter.
+    const bool checked = nonfinite_mask[tz] != 0;
     scalar_t* o = out + (t.b * g.C + ls.c0) * HoWo + oy * g.Wo + ox;
-    const float* xt = x_tiles + at;
-    // (The pointers' last step, one plane past the last channel, is 64-bit address arithmetic.)
-    if (mask == 0) {
-#pragma unroll 1
-      for (int u = 0; u < ls.active; ++u, o += HoWo, xt += plane)
-        *o = narrow<scalar_t>(forward_pixel<M, K, S, false>(xt, filters + u * KP, s, g, oy, ox));
-    } else {
-#pragma unroll 1
-      for (int u = 0; u < ls.active; ++u, o += HoWo, xt += plane)
-        *o = narrow<scalar_t>((mask >> u) & 1 ? forward_pixel<M, K, S, true>(xt, filters + u * KP, s, g, oy, ox)
-                                              : forward_pixel<M, K, S, false>(xt, filters + u * KP, s, g, oy, ox));
+#pragma unroll
+    for (int q = 0; q < kStepGroups; ++q) {
+      if (q * kGroupChannels >= ls.active) break;
+      const float* xg = xt + q * group_floats;
+      const float* fg = filters + q * kGroupChannels;
+      store_group(checked ? forward_group<M, K, S, true>(xg, fg, s, g, oy, ox)
+                          : forward_group<M, K, S, false>(xg, fg, s, g, oy, ox),
+                  q, ls.active, o, HoWo);
     }
   }
 }

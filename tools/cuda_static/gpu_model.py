@@ -190,16 +190,62 @@ class Loop:
         return self.size - sum(c.size for c in self.children)
 
 
-_INSN = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);", re.M)
+_INSN = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s+(@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);", re.M)
 
 
 def sass_functions(text: str) -> Dict[str, List[Tuple[int, str, str]]]:
-    """cuobjdump -sass text of one arch -> mangled name -> [(address, opcode, operands)]."""
+    """cuobjdump -sass text of one arch -> mangled name -> [(address, opcode, operands)]; a
+    predicated instruction's operands start with its guard (e.g. "@!P0 ")."""
     funcs: Dict[str, List[Tuple[int, str, str]]] = {}
     parts = re.split(r"\n\s*Function : (\S+)", text)
     for name, body in zip(parts[1::2], parts[2::2]):
-        funcs[name] = [(int(a, 16), op, rest) for a, op, rest in _INSN.findall(body)]
+        funcs[name] = [(int(a, 16), op, (guard.strip() + " " if guard else "") + rest.strip())
+                       for a, guard, op, rest in _INSN.findall(body)]
     return funcs
+
+
+def _predicated(rest: str) -> bool:
+    return rest.startswith("@")
+
+
+def _target(rest: str) -> Optional[int]:
+    m = re.search(r"0x([0-9a-f]+)", rest)
+    return int(m.group(1), 16) if m else None
+
+
+def cheapest_full_path(insns: List[Tuple[int, str, str]], start: int, end: int, work: str = "FFMA") -> Tuple[int, int]:
+    """Over straight-line code with forward branches only, [start, end]: of the paths from
+    start to its end, the one that runs the most `work` instructions and, of those, the fewest
+    instructions. Returns (work, instructions). This picks out of the forward's compute the
+    path a step of finite values takes (all channels, the unchecked taps) among its copies
+    (fewer channels, checked taps), without knowing the predicates. A branch is conditional
+    when guarded; one that leaves the range, an unguarded EXIT or the range's last
+    instruction ends a path; a backward branch (a loop) is not straight-line code."""
+    region = [(a, op, rest) for a, op, rest in insns if start <= a <= end]
+    index = {a: i for i, (a, _, _) in enumerate(region)}
+    n = len(region)
+    best: List[Tuple[int, int]] = [(0, 0)] * (n + 1)  # (work, -instructions) from i to the end
+
+    for i in reversed(range(n)):
+        a, op, rest = region[i]
+        succ: List[int] = []
+        if op.startswith("BRA"):
+            t = _target(rest)
+            if t is not None and t <= a and i != n - 1:
+                raise ValueError(f"a loop at {a:#x} in code the model takes as straight-line")
+            if t is not None and a < t <= end:
+                succ.append(index[t])
+            elif i != n - 1:
+                succ.append(n)  # leaves the range: the path ends
+            if _predicated(rest) or op == "BRA.DIV":
+                succ.append(i + 1)
+        elif op.startswith("EXIT"):
+            succ = [n] + ([i + 1] if _predicated(rest) else [])
+        else:
+            succ = [i + 1]
+        w, c = max(best[j] for j in succ) if succ else (0, 0)
+        best[i] = (w + (op == work), c - 1)
+    return best[0][0], -best[0][1]
 
 
 def loops_of(insns: List[Tuple[int, str, str]]) -> List[Loop]:
@@ -211,9 +257,8 @@ def loops_of(insns: List[Tuple[int, str, str]]) -> List[Loop]:
     body_end = max(exits) if exits else None
     spans = []
     for addr, op, rest in insns:
-        m = re.search(r"0x([0-9a-f]+)", rest)
-        if op.startswith("BRA") and m and int(m.group(1), 16) <= addr:
-            target = int(m.group(1), 16)
+        target = _target(rest)
+        if op.startswith("BRA") and target is not None and target <= addr:
             if body_end is not None and addr > body_end and target != addr:
                 continue
             spans.append((target, addr))
@@ -237,28 +282,37 @@ def walk(loops: List[Loop]):
 
 @dataclasses.dataclass
 class TiledSass:
-    inner: int  # instructions of the inner loop, per iteration
+    inner: int  # instructions of the inner loop, per iteration (0: a grouped kernel has none)
     staging: int  # instructions of the staging loop, per element (all channels of a step)
     step: int  # instructions of the step loop outside its nested loops (once per step)
     first_warp: int = 0  # of those, the ones only a lane's first warp runs (channel-filter staging)
+    # Grouped kernels (the forward since its channels are staged in groups of four): no inner
+    # loop; the step's compute is straight-line after its last barrier, in copies (fewer
+    # channels, checked taps). compute: the instructions of the path a step of finite values
+    # with all its channels takes (cheapest_full_path); compute_code: all the copies' code,
+    # part of `step`.
+    compute: int = 0
+    compute_code: int = 0
 
 
 def tiled_sass(insns: List[Tuple[int, str, str]], reducing: bool) -> TiledSass:
-    """The tiled kernel's three costs. reducing: the filter-gradient kernel, whose inner loop
-    reduces with warp shuffles instead of writing an output."""
+    """The tiled kernel's costs. reducing: the filter-gradient kernel, whose inner loop reduces
+    with warp shuffles instead of writing an output. A kernel that writes outputs with no
+    inner loop is grouped (TiledSass.compute)."""
     roots = loops_of(insns)
     every = list(walk(roots))
     mark = "SHFL" if reducing else "STG"
     inner = [lp for lp in every if not lp.children and lp.has(mark) and lp.has("LDS")]
     staging = [lp for lp in every if not lp.children and lp.has("LDG") and lp.has("STS") and not lp.has("VOTE.ANY")]
-    if not inner or not staging:
+    if (not inner and reducing) or not staging:
         raise ValueError("unexpected loop structure: the model needs updating for this kernel")
-    fast = min(inner, key=lambda l: l.size)
+    fast = min(inner, key=lambda l: l.size) if inner else None
     stage = max(staging, key=lambda l: l.size)
     # The step loop: the smallest loop with a barrier around both (the compiler also peels
     # and rotates copies of it, which do not nest them).
-    steps = [l for l in every if l.has("BAR") and l.start <= min(fast.start, stage.start)
-             and max(fast.end, stage.end) <= l.end]
+    around = [stage] + ([fast] if fast else [])
+    steps = [l for l in every if l.has("BAR") and l.start <= min(x.start for x in around)
+             and max(x.end for x in around) <= l.end]
     if not steps:
         raise ValueError("no step loop around the inner and the staging loops")
     step = min(steps, key=lambda l: l.size)
@@ -271,7 +325,17 @@ def tiled_sass(insns: List[Tuple[int, str, str]], reducing: bool) -> TiledSass:
     own = sum(1 for a, _, _ in insns if step.start <= a <= step.end and a not in covered)
     region = first_warp_region(insns, step.start, step.end) if not reducing else range(0)
     first = sum(1 for a, _, _ in insns if a in region and a not in covered)
-    return TiledSass(fast.size, stage.size, own, first)
+    if fast:
+        return TiledSass(fast.size, stage.size, own, first)
+    # Grouped: the compute runs from the step's last barrier to its back-branch.
+    last_bar = max(a for a, op, _ in insns if op.startswith("BAR") and step.start <= a <= step.end)
+    if any(last_bar < a <= step.end for a in covered):
+        raise ValueError("a loop after the step's last barrier: the model needs updating for this kernel")
+    work, path = cheapest_full_path(insns, last_bar + 16, step.end)
+    if work == 0:
+        raise ValueError("no FFMA after the step's last barrier: the model needs updating for this kernel")
+    code = sum(1 for a, _, _ in insns if last_bar < a <= step.end)
+    return TiledSass(0, stage.size, own, first, compute=path, compute_code=code)
 
 
 def first_warp_region(insns: List[Tuple[int, str, str]], start: int, end: int) -> range:
@@ -322,7 +386,7 @@ def tiled_loops(insns: List[Tuple[int, str, str]], reducing: bool) -> TiledLoops
     # barrier) nest nothing, but are no loop of their own.
     leaves = [lp for lp in every if not lp.children and not lp.has("BAR")]
     mark = "SHFL" if reducing else "STG"
-    inner = min((lp for lp in leaves if lp.has(mark) and lp.has("LDS")), key=lambda l: l.size)
+    inner = min((lp for lp in leaves if lp.has(mark) and lp.has("LDS")), key=lambda l: l.size, default=None)
     loads = [lp for lp in leaves if lp.has("LDG") and lp.has("STS")]
 
     def n_ldg(lp: Loop) -> int:
@@ -335,8 +399,9 @@ def tiled_loops(insns: List[Tuple[int, str, str]], reducing: bool) -> TiledLoops
     if not staged:
         raise ValueError("unexpected loop structure: the model needs updating for this kernel")
     stage = max(staged, key=lambda l: l.size)
-    steps = [l for l in every if l.has("BAR") and l.start <= min(inner.start, stage.start)
-             and max(inner.end, stage.end) <= l.end]
+    around = [stage] + ([inner] if inner else [])  # (a grouped kernel has no inner loop)
+    steps = [l for l in every if l.has("BAR") and l.start <= min(x.start for x in around)
+             and max(x.end for x in around) <= l.end]
     step = min(steps, key=lambda l: l.size)
     covered = set()
     for lp in every:
@@ -632,7 +697,11 @@ def tiled_work(kernel: str, p: Plan, ts: TiledSass, tl: TiledLoops, per_sm: int,
         parts["filter staging"] = p.tz * ts.first_warp
         parts["step code"] -= warps * ts.first_warp
         l2_rounds = steps
-        parts["compute"] = live_warps(p.tx, p.ty, p.tz, S, S) * p.ch * ts.inner
+        if ts.compute:  # grouped: one straight-line path for the step's channels
+            parts["step code"] -= warps * ts.compute_code
+            parts["compute"] = live_warps(p.tx, p.ty, p.tz, S, S) * ts.compute
+        else:
+            parts["compute"] = live_warps(p.tx, p.ty, p.tz, S, S) * p.ch * ts.inner
         once = {"prologue/epilogue": warps * tl.outside}
         dram_rounds += 1  # the element's spatial-filter taps, all in flight
     parts = {k: v * steps for k, v in parts.items()}
@@ -716,9 +785,10 @@ def model(funcs, res, dtype: str, gpu: Gpu = H100_SXM) -> List[Row]:
             # Per output: the inner loop (per channel; per R pixels when reducing), the staging
             # loop (per staged element, for all ch channels), the step's own code.
             outputs_per_step = p.ch * p.rows
-            inner = ts.inner / (p.rows if reducing else 1)
+            # (Grouped: the step's compute path, for its ch channels, is not step code.)
+            inner = ts.compute / p.ch if ts.compute else ts.inner / (p.rows if reducing else 1)
             # (The step's first-warp-only code, the channel-filter staging, once per lane's warps.)
-            step_sass = ts.step - ts.first_warp + ts.first_warp / (p.tx * p.ty // 32)
+            step_sass = ts.step - ts.compute_code - ts.first_warp + ts.first_warp / (p.tx * p.ty // 32)
             sass = inner + ts.staging * halo_per_px / p.ch + step_sass / outputs_per_step
             if kernel == "forward":
                 min_b = e * (x + cf + sf + out)
