@@ -20,10 +20,10 @@ RESNET50_PLANS = {
     ("forward", 128, 28): [32, 8, 1, 8, 1, 10, 34, 4, 4, 32, 11168],
     ("forward", 256, 14): [16, 16, 1, 8, 1, 18, 18, 1, 16, 16, 10656],
     ("forward", 512, 7): [8, 8, 4, 8, 1, 10, 10, 1, 16, 32, 13952],
-    ("grad_input", 64, 56): [32, 8, 1, 8, 1, 11, 35, 14, 2, 32, 12800],
-    ("grad_input", 128, 28): [32, 8, 1, 8, 1, 11, 35, 4, 4, 32, 12800],
-    ("grad_input", 256, 14): [16, 16, 1, 8, 1, 19, 19, 1, 16, 16, 12032],
-    ("grad_input", 512, 7): [8, 8, 4, 8, 1, 11, 11, 1, 16, 32, 17408],
+    ("grad_input", 64, 56): [32, 8, 1, 8, 1, 11, 35, 14, 2, 32, 12704],
+    ("grad_input", 128, 28): [32, 8, 1, 8, 1, 11, 35, 4, 4, 32, 12704],
+    ("grad_input", 256, 14): [16, 16, 1, 8, 1, 19, 19, 1, 16, 16, 11936],
+    ("grad_input", 512, 7): [8, 8, 4, 8, 1, 11, 11, 1, 16, 32, 17024],
     ("filter_grads", 64, 56): [32, 8, 1, 8, 2, 18, 34, 8, 1, 64, 38656],
     ("filter_grads", 128, 28): [32, 8, 1, 8, 2, 18, 34, 2, 2, 64, 38656],  # 2 splits: 256 blocks, one wave
     ("filter_grads", 256, 14): [16, 8, 2, 8, 2, 18, 18, 1, 4, 64, 40192],
@@ -67,7 +67,7 @@ def test_filter_grads_split_for_whole_waves():
 
 def test_smaller_calls_and_calls_that_take_the_generic_kernels():
     # Fewer channels than a lane step, stride 2, dilation 3, k = 7: planned. The forward
-    # stages a group of four channels (ddf_cuda_tiled_plan.h, forward_lane_floats): 49 x 8
+    # stages a group of four channels (ddf_cuda_tiled_plan.h, grouped_lane_floats): 49 x 8
     # filter floats and 4 x 2676 tile floats (the 33 x 81 halo rounded up to 4).
     p = gm.plan_tiled("forward", 1, 3, 20, 33, 7, 1, 2, 3)
     assert [getattr(p, f) for f in PLAN_FIELDS] == [32, 8, 1, 3, 1, 33, 81, 2, 1, 3, (49 * 8 + 4 * 2676) * 4]

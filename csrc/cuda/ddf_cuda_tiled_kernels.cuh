@@ -290,11 +290,13 @@ __device__ __forceinline__ float4 forward_group(const float* xt, const float* f,
   return acc;
 }
 
-// Registers: 80 for k = 3, three blocks of 256 threads per SM (the compiler takes 96 unasked:
-// two blocks, whose staging round trips overlap less with other blocks' work); 128 for k = 5,
-// two blocks (160-162 unasked: one). None spills there (make cuda-resources).
+// Blocks per SM asked of the compiler (registers): 3 for k = 3 (80 registers; it takes 96
+// unasked: two blocks, whose staging round trips overlap less with other blocks' work), 2 for
+// k = 5 (128; 160-162 unasked: one). None spills there (make cuda-resources). grad_input
+// asks 3 for k = 3 (__maxnreg__(80) instead left it 8-16 bytes of stack on sm_90) and nothing
+// for k = 5, whose float stride-2 kernel spilled at 128 registers on sm_86/89.
 template <typename scalar_t, Combine M, int K, int S>
-__global__ void __launch_bounds__(kBlockThreads) __maxnreg__(K == 3 ? 80 : (K == 5 ? 128 : 255)) tiled_forward_kernel(
+__global__ void __launch_bounds__(kBlockThreads, K == 3 ? 3 : (K == 5 ? 2 : 1)) tiled_forward_kernel(
     const scalar_t* __restrict__ x,
     const scalar_t* __restrict__ cf, Strides4 cs,
     const scalar_t* __restrict__ sf,
@@ -307,8 +309,8 @@ __global__ void __launch_bounds__(kBlockThreads) __maxnreg__(K == 3 ? 80 : (K ==
   const BlockTile t = block_tile(g);
   const int tz = threadIdx.z, d = g.dilation, hw = g.halo_w, plane = plane_floats(g);
   // The lane's channel filters [KK][kLaneChannels], then its interleaved input tiles
-  // (forward_lane_floats in ddf_cuda_tiled_plan.h).
-  float* filters = smem + tz * forward_lane_floats(K, g.lane_channels, plane);
+  // (grouped_lane_floats in ddf_cuda_tiled_plan.h).
+  float* filters = smem + tz * grouped_lane_floats(K, g.lane_channels, plane);
   float* x_tiles = filters + KK * kLaneChannels;
   const int group_floats = plane * kGroupChannels;
   const int oy = t.y0 + threadIdx.y, ox = t.x0 + threadIdx.x;
@@ -360,15 +362,22 @@ __global__ void __launch_bounds__(kBlockThreads) __maxnreg__(K == 3 ? 80 : (K ==
 
 // ---- grad_input ----------------------------------------------------------------------------
 
-// One grad_input element: the gather over the output pixels whose taps read (iy, ix), from
-// the staged grad_output tile go_t (0 outside grad_output) and the element's spatial-filter
-// values per tap, s (0 where no output pixel's tap reads it). kChecked: skip taps from outside
-// grad_output (for a non-finite channel-filter value).
+// One grad_input element for a group of four of the step's channels: the gather over the
+// output pixels whose taps read (iy, ix), from the group's interleaved grad_output tile
+// (0 outside grad_output; as the forward's input tiles) and the element's spatial-filter
+// values per tap, s (0 where no output pixel's tap reads it), with the tap-major channel
+// filters f (the group's first channel's value of tap 0). Stride 1: go is the element's own
+// position in the tile, and tap (i, j) reads (i * d * hw + j * d) elements before it, an
+// offset fixed at compile time but for d and hw, as the forward's taps; stride 2: go is the
+// tile, addressed by the output pixel's row and column. kChecked: taps from outside
+// grad_output add nothing (for a non-finite channel-filter value; as in forward_group, the
+// finite channels lose nothing). Stride 1 zeroes their combined filter instead of branching
+// around them: the same addresses as unchecked, so no tap address is kept in a register.
 template <Combine M, int K, int S, bool kChecked>
-__device__ __forceinline__ float grad_input_pixel(const float* go_t, const float* f, const float (&s)[K * K],
-                                                  int oy_lo, int ox_lo, const TiledGeometry& g, int iy, int ix) {
+__device__ __forceinline__ float4 grad_input_group(const float* go, const float* f, const float (&s)[K * K],
+                                                   int oy_lo, int ox_lo, const TiledGeometry& g, int iy, int ix) {
   const int d = g.dilation, hw = g.halo_w;
-  float acc = 0.f;
+  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
   for (int i = 0; i < K; ++i) {
     const int py = iy + g.pad - i * d;  // = y * S for the output row y this tap comes from
@@ -379,29 +388,42 @@ __device__ __forceinline__ float grad_input_pixel(const float* go_t, const float
       const int px = ix + g.pad - j * d;
       if (S == 2 && (px & 1)) continue;
       const int xo = px >> (S - 1);
-      if (kChecked && !(y >= 0 && y < g.Ho && xo >= 0 && xo < g.Wo)) continue;
-      acc += go_t[(y - oy_lo) * hw + (xo - ox_lo)] * combine_filters<M>(f[i * K + j], s[i * K + j]);
+      const bool inside = y >= 0 && y < g.Ho && xo >= 0 && xo < g.Wo;
+      if (S == 2 && kChecked && !inside) continue;
+      const float* at = S == 1 ? go - (i * d * hw + j * d) * kGroupChannels
+                               : go + ((y - oy_lo) * hw + (xo - ox_lo)) * kGroupChannels;
+      const float4 gv = *reinterpret_cast<const float4*>(at);
+      const float4 fv = *reinterpret_cast<const float4*>(f + (i * K + j) * kLaneChannels);
+      const float st = s[i * K + j];
+      const bool zero = S == 1 && kChecked && !inside;
+      acc.x += gv.x * (zero ? 0.f : combine_filters<M>(fv.x, st));
+      acc.y += gv.y * (zero ? 0.f : combine_filters<M>(fv.y, st));
+      acc.z += gv.z * (zero ? 0.f : combine_filters<M>(fv.z, st));
+      acc.w += gv.w * (zero ? 0.f : combine_filters<M>(fv.w, st));
     }
   }
   return acc;
 }
 
 template <typename scalar_t, Combine M, int K, int S>
-__global__ void __maxnreg__(K == 3 ? 80 : (K == 5 ? 168 : 255)) tiled_grad_input_kernel(
+__global__ void __launch_bounds__(kBlockThreads, K == 3 ? 3 : 1) tiled_grad_input_kernel(
     const scalar_t* __restrict__ go,
     const scalar_t* __restrict__ cf, Strides4 cs,
     const scalar_t* __restrict__ sf,
     scalar_t* __restrict__ gi,
     TiledGeometry g) {
-  constexpr int KK = K * K, KP = padded_taps(K);
+  constexpr int KK = K * K;
   DDF_DYNAMIC_SHARED(float, smem);
   DDF_STATIC_SHARED(int, nonfinite_mask, kFlagWords);
   static_assert(sizeof(nonfinite_mask) <= kStaticSharedBytes, "the plan budgets kStaticSharedBytes of static shared memory");
   const BlockTile t = block_tile(g);
-  const int tz = threadIdx.z, d = g.dilation, hw = g.halo_w, ch = g.lane_channels, plane = plane_floats(g);
+  const int tz = threadIdx.z, d = g.dilation, hw = g.halo_w, plane = plane_floats(g);
   const int HW = g.H * g.W, HoWo = g.Ho * g.Wo;
-  float* filters = smem + tz * ch * (KP + plane);  // [ch][KP], then the grad_output tiles [ch][plane]
-  float* go_tiles = filters + ch * KP;
+  // The lane's channel filters [KK][kLaneChannels], then its interleaved grad_output tiles
+  // (grouped_lane_floats in ddf_cuda_tiled_plan.h).
+  float* filters = smem + tz * grouped_lane_floats(K, g.lane_channels, plane);
+  float* go_tiles = filters + KK * kLaneChannels;
+  const int group_floats = plane * kGroupChannels;
   // The grad_output rows/columns whose taps reach this tile start here (may be negative).
   const int oy_lo = int(floor_div(t.y0 + g.pad - (K - 1) * d, S));
   const int ox_lo = int(floor_div(t.x0 + g.pad - (K - 1) * d, S));
@@ -424,28 +446,31 @@ __global__ void __maxnreg__(K == 3 ? 80 : (K == 5 ? 168 : 255)) tiled_grad_input
   }
   const Halo halo{g.Ho, g.Wo, oy_lo, ox_lo, g.halo_h, hw};
   const auto slots = find_halo_slots<halo_slots(Kernel::GradInput)>(halo);
-  const int steps = g.split_channels / (int(blockDim.z) * ch);
+  const int steps = g.split_channels / (int(blockDim.z) * g.lane_channels);
   for (int step = 0; step < steps; ++step) {
     const LaneStep ls = lane_step(g, t, step);
     __syncthreads();
-    stage_channel_filters<scalar_t, K>(cf, cs, t.b, ls, filters, &nonfinite_mask[tz]);
-    stage_planes(ls.active > 0 ? go + (t.b * g.C + ls.c0) * HoWo : go, HoWo, ls.active, halo, slots, go_tiles, plane);
+    stage_channel_filters<scalar_t, K, true>(cf, cs, t.b, ls, filters, &nonfinite_mask[tz]);
+    stage_planes<scalar_t, halo_slots(Kernel::GradInput), true>(ls.active > 0 ? go + (t.b * g.C + ls.c0) * HoWo : go,
+                                                                HoWo, ls.active, halo, slots, go_tiles, group_floats);
     __syncthreads();
     if (!pixel || ls.active == 0) continue;  // below: c0 is a real channel
-    const int mask = nonfinite_mask[tz];
-    scalar_t* o = gi + (t.b * g.C + ls.c0) * HW + iy * g.W + ix;
-    const float* go_t = go_tiles;
-    // (The pointers' last step, one plane past the last channel, is 64-bit address arithmetic.)
-    if (mask == 0) {
-#pragma unroll 1
-      for (int u = 0; u < ls.active; ++u, o += HW, go_t += plane)
-        *o = narrow<scalar_t>(grad_input_pixel<M, K, S, false>(go_t, filters + u * KP, s, oy_lo, ox_lo, g, iy, ix));
-    } else {
-#pragma unroll 1
-      for (int u = 0; u < ls.active; ++u, o += HW, go_t += plane)
-        *o = narrow<scalar_t>(
-            (mask >> u) & 1 ? grad_input_pixel<M, K, S, true>(go_t, filters + u * KP, s, oy_lo, ox_lo, g, iy, ix)
-                            : grad_input_pixel<M, K, S, false>(go_t, filters + u * KP, s, oy_lo, ox_lo, g, iy, ix));
+    // As the forward: a group of four channels at a time, stored before the next group.
+    const bool checked = nonfinite_mask[tz] != 0;
+    // Stride 1: the element's own position in group 0's tile (its tap (0, 0) comes from the
+    // output pixel (iy + pad, ix + pad), tap (i, j) from i * d rows and j * d columns before).
+    const float* go_pixel = go_tiles + ((iy + g.pad - oy_lo) * hw + (ix + g.pad - ox_lo)) * kGroupChannels;
+    // (One 32-bit index, below 2^31 by the plan: summed onto the pointer piece by piece, the
+    // compiler kept iy * W + ix as a 64-bit value across the steps, a register pair too many.)
+    scalar_t* o = gi + ((t.b * g.C + ls.c0) * HW + iy * g.W + ix);
+#pragma unroll
+    for (int q = 0; q < kStepGroups; ++q) {
+      if (q * kGroupChannels >= ls.active) break;
+      const float* gt = (S == 1 ? go_pixel : go_tiles) + q * group_floats;
+      const float* fg = filters + q * kGroupChannels;
+      store_group(checked ? grad_input_group<M, K, S, true>(gt, fg, s, oy_lo, ox_lo, g, iy, ix)
+                          : grad_input_group<M, K, S, false>(gt, fg, s, oy_lo, ox_lo, g, iy, ix),
+                  q, ls.active, o, HW);
     }
   }
 }

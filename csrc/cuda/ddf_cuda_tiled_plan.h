@@ -85,16 +85,17 @@ constexpr int filter_grad_rows(int k) { return k == 3 ? 2 : 1; }
 // Floats a lane's shared channel filter takes: k*k rounded up to 4 (16-byte vector loads).
 constexpr int padded_taps(int k) { return (k * k + 3) / 4 * 4; }
 
-// The forward stages channel-interleaved ("by groups"): a lane's channels in groups of four,
-// each group's tile holding an element's four channels together, and the channel filters
-// tap-major (a tap's kLaneChannels values together). A thread then reads a tap of four
-// channels with one 16-byte shared load at an offset known at compile time, for all of a
-// step's channels in one pass, instead of one load and one address per channel and tap.
+// The forward and grad_input stage channel-interleaved ("by groups"): a lane's channels in
+// groups of four, each group's tile holding an element's four channels together, and the
+// channel filters tap-major (a tap's kLaneChannels values together). A thread then reads a
+// tap of four channels with one 16-byte shared load at an offset known at compile time, for
+// all of a step's channels in one pass, instead of one load and one address per channel and
+// tap.
 constexpr int kGroupChannels = 4;
 constexpr int channel_groups(int ch) { return (ch + kGroupChannels - 1) / kGroupChannels; }
-// A forward lane's shared floats: its channel filters [k*k][kLaneChannels], then
+// A forward or grad_input lane's shared floats: its channel filters [k*k][kLaneChannels], then
 // channel_groups(ch) tiles of plane x kGroupChannels floats (plane: the halo, rounded up to 4).
-constexpr std::size_t forward_lane_floats(int k, int ch, std::size_t plane) {
+constexpr std::size_t grouped_lane_floats(int k, int ch, std::size_t plane) {
   return std::size_t(k) * k * kLaneChannels + std::size_t(channel_groups(ch)) * kGroupChannels * plane;
 }
 
@@ -128,12 +129,12 @@ inline std::size_t shared_floats(Kernel kernel, int k, int s, int d, int tx, int
     *halo_h = (ty - 1 + span) / s + 2;
     *halo_w = (tx - 1 + span) / s + 2;
     const std::size_t plane = round4(std::size_t(*halo_h) * *halo_w);
-    return std::size_t(tz) * ch * (lane_filter + plane);
+    return std::size_t(tz) * grouped_lane_floats(k, ch, plane);
   }
   *halo_h = (ty * rows - 1) * s + span + 1;
   *halo_w = (tx - 1) * s + span + 1;
   const std::size_t plane = round4(std::size_t(*halo_h) * *halo_w);
-  if (kernel == Kernel::Forward) return std::size_t(tz) * forward_lane_floats(k, ch, plane);
+  if (kernel == Kernel::Forward) return std::size_t(tz) * grouped_lane_floats(k, ch, plane);
   std::size_t floats = std::size_t(tz) * ch * (lane_filter + plane);
   if (kernel == Kernel::FilterGrads) {
     floats += std::size_t(tx * ty * tz / 32) * ch * k * k;  // per-warp partial channel-filter sums

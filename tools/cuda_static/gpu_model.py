@@ -286,8 +286,8 @@ class TiledSass:
     staging: int  # instructions of the staging loop, per element (all channels of a step)
     step: int  # instructions of the step loop outside its nested loops (once per step)
     first_warp: int = 0  # of those, the ones only a lane's first warp runs (channel-filter staging)
-    # Grouped kernels (the forward since its channels are staged in groups of four): no inner
-    # loop; the step's compute is straight-line after its last barrier, in copies (fewer
+    # Grouped kernels (the forward and grad_input since their channels are staged in groups of
+    # four): no inner loop; the step's compute is straight-line after its last barrier, in copies (fewer
     # channels, checked taps). compute: the instructions of the path a step of finite values
     # with all its channels takes (cheapest_full_path); compute_code: all the copies' code,
     # part of `step`.
