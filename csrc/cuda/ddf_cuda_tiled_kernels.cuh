@@ -256,6 +256,16 @@ __device__ __forceinline__ void store_group(float4 acc, int q, int active, scala
     if (q * kGroupChannels + u < active) *o = narrow<scalar_t>(v[u]);
 }
 
+// One tap of a group's four channels: acc += value * combined filter, per channel (zero: the
+// tap adds nothing, its combined filter taken as 0).
+template <Combine M>
+__device__ __forceinline__ void accumulate_tap(float4& acc, float4 value, float4 f, float s, bool zero = false) {
+  acc.x += value.x * (zero ? 0.f : combine_filters<M>(f.x, s));
+  acc.y += value.y * (zero ? 0.f : combine_filters<M>(f.y, s));
+  acc.z += value.z * (zero ? 0.f : combine_filters<M>(f.z, s));
+  acc.w += value.w * (zero ? 0.f : combine_filters<M>(f.w, s));
+}
+
 // ---- forward -------------------------------------------------------------------------------
 
 // One output pixel for a group of four of the step's channels (acc[u]: channel 4q + u):
@@ -279,11 +289,7 @@ __device__ __forceinline__ float4 forward_group(const float* xt, const float* f,
       if (!kChecked || (iy >= 0 && iy < g.H && ix >= 0 && ix < g.W)) {
         const float4 xv = *reinterpret_cast<const float4*>(xt + (i * d * hw + j * d) * kGroupChannels);
         const float4 fv = *reinterpret_cast<const float4*>(f + (i * K + j) * kLaneChannels);
-        const float st = s[i * K + j];
-        acc.x += xv.x * combine_filters<M>(fv.x, st);
-        acc.y += xv.y * combine_filters<M>(fv.y, st);
-        acc.z += xv.z * combine_filters<M>(fv.z, st);
-        acc.w += xv.w * combine_filters<M>(fv.w, st);
+        accumulate_tap<M>(acc, xv, fv, s[i * K + j]);
       }
     }
   }
@@ -394,12 +400,7 @@ __device__ __forceinline__ float4 grad_input_group(const float* go, const float*
                                : go + ((y - oy_lo) * hw + (xo - ox_lo)) * kGroupChannels;
       const float4 gv = *reinterpret_cast<const float4*>(at);
       const float4 fv = *reinterpret_cast<const float4*>(f + (i * K + j) * kLaneChannels);
-      const float st = s[i * K + j];
-      const bool zero = S == 1 && kChecked && !inside;
-      acc.x += gv.x * (zero ? 0.f : combine_filters<M>(fv.x, st));
-      acc.y += gv.y * (zero ? 0.f : combine_filters<M>(fv.y, st));
-      acc.z += gv.z * (zero ? 0.f : combine_filters<M>(fv.z, st));
-      acc.w += gv.w * (zero ? 0.f : combine_filters<M>(fv.w, st));
+      accumulate_tap<M>(acc, gv, fv, s[i * K + j], S == 1 && kChecked && !inside);
     }
   }
   return acc;
