@@ -501,6 +501,11 @@ def test_shared_memory_within_budget(built_library_report):
     total, static_budget, dynamic_budget = torch.ops.ddf._cuda_tiled_shared_budget()
     assert total == 48 * 1024 and static_budget + dynamic_budget == total
     largest = {name: largest_planned_shared_bytes(kernel) for name, kernel in TILED_PLAN_KERNELS.items()}
+    # The channels_last forward: its staged channel filters, largest for k = 7 (the plan halves
+    # the lanes of 8-channel vectors to fit).
+    nhwc_largest = max(torch.ops.ddf._cuda_nhwc_plan(2, channels, 14, 14, k, 1, 1, 1, element_bytes)[8]
+                       for k in (3, 5, 7) for channels in (1, 8, 64, 256, 1024) for element_bytes in (4, 2))
+    assert dynamic_budget - 24 * 1024 < nhwc_largest <= total, nhwc_largest
     for name, request in largest.items():
         # The sweep reaches the budget's edge (so it tests the budget, not small plans) and
         # never passes it.
@@ -513,7 +518,7 @@ def test_shared_memory_within_budget(built_library_report):
         if limits.static_smem_includes_reserved and static > 0:
             static -= limits.reserved_smem_per_block  # sm_90's SHARED counts the reserved 1 KiB
         tiled = [name for name in TILED_PLAN_KERNELS if name in r.demangled]
-        dynamic = largest[tiled[0]] if tiled else 0
+        dynamic = largest[tiled[0]] if tiled else nhwc_largest if "nhwc_forward_kernel" in r.demangled else 0
         assert static + dynamic <= total, (
             f"{r.compact} [{r.arch}]: {static} B static + {dynamic} B dynamic shared memory > {total} B per block"
         )
@@ -548,6 +553,33 @@ def test_filter_grads_wave_matches_the_cubins(built_library_report):
     assert sorted(seen) == [3, 5, 7], seen
     for k, blocks in seen.items():
         sms, planned = torch.ops.ddf._cuda_tiled_filter_grads_wave(k)
+        assert sms == 132
+        assert min(blocks) == planned, f"k={k}: the sm_90 cubins hold {sorted(blocks)} blocks per SM, the plan assumes {planned}"
+
+
+def test_nhwc_wave_matches_the_cubins(built_library_report):
+    """The channels_last forward's plan sizes its pixels per thread for whole waves of
+    kWaveSms x blocks_per_sm(k) blocks (csrc/cuda/ddf_cuda_nhwc_plan.h): the fewest blocks per
+    SM that any of that k's sm_90 kernels hold (registers and shared memory, the largest plan's)."""
+    import re
+
+    import torch
+
+    import ddf_ops  # noqa: F401  (loads LIBRARY's ops)
+
+    seen = {}
+    for r in built_library_report.rows:
+        if r.arch != "sm_90" or "nhwc_forward_kernel" not in r.demangled:
+            continue
+        # nhwc_forward_kernel<scalar_t, Combine, K, S, V>
+        k, vector = map(int, re.search(r"nhwc_forward_kernel<[^,]+, [^,]+, (\d+), \d+, (\d+)>", r.demangled).groups())
+        if vector == 1:
+            continue  # (one channel per thread: calls that cannot use vectors, sized by the same wave)
+        occ = cr.occupancy(r.registers, 256, 0, cr.limits_for("sm_90"))
+        seen.setdefault(k, set()).add(occ.by_registers)
+    assert sorted(seen) == [3, 5, 7], seen
+    for k, blocks in seen.items():
+        sms, planned = torch.ops.ddf._cuda_nhwc_wave(k)
         assert sms == 132
         assert min(blocks) == planned, f"k={k}: the sm_90 cubins hold {sorted(blocks)} blocks per SM, the plan assumes {planned}"
 

@@ -359,6 +359,68 @@ def built_library_with_cubins():
     return library, cuobjdump
 
 
+# A channels_last forward's SASS (sm_90 syntax): the staging loop unrolled by two (2 loads a
+# trip) and its remainder (1), then the pixel loop with an interior path (2 FFMA) and a border
+# path (2 FFMA, longer), and a pixel the map does not have (0 FFMA).
+NHWC_SASS = """
+        Function : nhwc
+        /*0000*/                   S2R R0, SR_TID.X ;
+        /*0010*/                   LDG.E R2, desc[UR4][R4.64] ;
+        /*0020*/                   LDG.E R3, desc[UR4][R6.64] ;
+        /*0030*/                   STS [R8], R2 ;
+        /*0040*/                   STS [R9], R3 ;
+        /*0050*/               @P0 BRA 0x10 ;
+        /*0060*/                   LDG.E R2, desc[UR4][R4.64] ;
+        /*0070*/                   STS [R8], R2 ;
+        /*0080*/               @P1 BRA 0x60 ;
+        /*0090*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;
+        /*00a0*/               @P2 BRA 0x160 ;
+        /*00b0*/               @P3 BRA 0x110 ;
+        /*00c0*/                   LDG.E.128 R12, desc[UR4][R10.64] ;
+        /*00d0*/                   FFMA R20, R12, R14, R20 ;
+        /*00e0*/                   FFMA R21, R13, R15, R21 ;
+        /*00f0*/                   STG.E.128 desc[UR4][R16.64], R20 ;
+        /*0100*/                   BRA 0x160 ;
+        /*0110*/                   ISETP.GE.AND P4, PT, R1, R2, PT ;
+        /*0120*/               @P4 LDG.E.128 R12, desc[UR4][R10.64] ;
+        /*0130*/                   FFMA R20, R12, R14, R20 ;
+        /*0140*/                   FFMA R21, R13, R15, R21 ;
+        /*0150*/                   STG.E.128 desc[UR4][R16.64], R20 ;
+        /*0160*/                   IADD3 R1, R1, 0x1, RZ ;
+        /*0170*/               @P5 BRA 0xa0 ;
+        /*0180*/                   EXIT ;
+        /*0190*/                   BRA 0x190 ;
+        .........................
+"""
+
+
+def test_nhwc_sass_counts_the_interior_pixel_and_the_staging_loops():
+    ns = gm.nhwc_sass(gm.sass_functions(NHWC_SASS)["nhwc"])
+    # Pixel loop 0xa0-0x170: the interior path 0xa0, 0xb0, 0xc0-0x100, 0x160, 0x170 (2 FFMA in
+    # 9); the border path has the same FFMA in 10, the missing pixel none.
+    assert ns.pixel == 9
+    # Staging: the two-load loop (5 instructions), the remainder (3); outside every loop: the
+    # S2R, the barrier and EXIT (the self-branch after it is a loop of its own).
+    assert (ns.stage, ns.stage_loads, ns.stage_rest, ns.outside) == (5, 2, 3, 3)
+
+
+def test_nhwc_pixel_iterations_by_hand():
+    # 16 channel lanes (16 pixel lanes per block, two per warp), tiles of 8 x 8 = 64 pixels:
+    # each thread takes pixels lp, lp + 16, lp + 32, lp + 48: 4 iterations, every warp. On a
+    # 7 x 8 map the tile's last row is missing: pixels 48-55 remain for iteration 3, those of
+    # pixel lanes 0-7 (warps 0-3); warps 4-7 iterate 3 times with a pixel.
+    p = gm.NhwcPlan(vector=4, channel_lanes=16, block_channels=64, tile_w=8, tile_h=8, tiles=1, channel_blocks=1,
+                    shared_bytes=0)
+    assert gm.nhwc_pixel_iterations(p, 8, 8) == [4.0] * 8
+    assert gm.nhwc_pixel_iterations(p, 7, 8) == [4.0] * 4 + [3.0] * 4
+    ns = gm.NhwcSass(pixel=100, stage=40, stage_loads=4, stage_rest=10, outside=50)
+    work = gm.nhwc_work(p, ns, per_sm=3, B=2, S=8, k=3, moved=1e6)
+    # 9 x 64 filter values over 256 threads: 3 each = no unrolled trip + 3 remainder trips.
+    assert work.parts == {"filter staging": 8 * 3 * 10, "compute": 32 * 100, "prologue/epilogue": 8 * 50}
+    # 2 blocks (1 tile x 1 channel block x B = 2); 4 pixel iterations, 3 staging trips.
+    assert (work.blocks, work.dram_rounds, work.l2_rounds) == (2, 4, 3)
+
+
 def test_model_on_the_built_library(capsys):
     library, _ = built_library_with_cubins()
     assert gm.main(["--library", library, "--markdown"]) == 0
@@ -366,7 +428,7 @@ def test_model_on_the_built_library(capsys):
     assert "ESTIMATES" in out
     for gpu in ("H100 SXM", "H200"):
         for C, S in gm.SHAPES:
-            for design in ("generic", "tiled"):
+            for design in ("generic", "tiled", "nhwc"):
                 for dtype in gm.DTYPES:
                     assert f"| {gpu} | {C}@{S}² | {dtype} | {design} | forward |" in out
     assert "PASS " in out or "MISS " in out

@@ -1,6 +1,6 @@
-// The launches of ddf and ddf_backward: the tiled kernels when the call qualifies
-// (ddf_cuda_tiled_plan.h), the generic kernels otherwise. Device-side code only (no torch, no
-// CUDA runtime), shared by ddf_cuda.cu and the host emulator's tests.
+// The launches of ddf and ddf_backward: the kernels that ddf_cuda_paths.h chooses (NCHW tiled,
+// channels_last tiled, or generic). Device-side code only (no torch, no CUDA runtime), shared
+// by ddf_cuda.cu and the host emulator's tests.
 //
 // `launch(kernel, grid, block, shared_bytes, args...)` runs a kernel (on the current stream,
 // or on the emulator); `workspace(floats)` returns device scratch memory for float partial
@@ -8,29 +8,26 @@
 // allocator, or a host vector). Nothing is launched for an empty result.
 #pragma once
 
+#include <cstdint>
 #include <type_traits>
 
 #include "ddf_cuda_kernels.cuh"
+#include "ddf_cuda_nhwc_kernels.cuh"
+#include "ddf_cuda_paths.h"
 #include "ddf_cuda_tiled_kernels.cuh"
 
 namespace ddf {
 namespace cuda {
 
-// Which kernels ran: the tests assert that the tiled path is taken where it should be.
-enum class Path { None, Generic, Tiled };
 struct BackwardPaths {
   Path grad_input = Path::None, filter_grads = Path::None;
 };
 
-// Contiguous in NCHW order (dimensions of size 1 may have any stride, as in torch).
-inline bool nchw_contiguous(const Strides4& st, int64_t N, int64_t C, int64_t H, int64_t W) {
-  int64_t expected = 1;
-  const int64_t sizes[4] = {N, C, H, W}, strides[4] = {st.n, st.c, st.h, st.w};
-  for (int dim = 3; dim >= 0; --dim) {
-    if (sizes[dim] != 1 && strides[dim] != expected) return false;
-    expected *= sizes[dim];
-  }
-  return true;
+// A data pointer the NHWC kernels may read or write in 16-byte vectors (a view that starts
+// part-way into a pixel's channels is not).
+template <typename T>
+inline bool vector_aligned(const T* p) {
+  return reinterpret_cast<std::uintptr_t>(p) % nhwc::kVectorBytes == 0;
 }
 
 template <typename scalar_t>
@@ -68,18 +65,33 @@ Path launch_forward(
     const scalar_t* sf, Strides4 ss,
     scalar_t* out, Strides4 os,
     const Geometry& g) {
-  if (g.B * g.C * g.Ho * g.Wo == 0) return Path::None;
-  const bool contiguous = nchw_contiguous(xs, g.B, g.C, g.H, g.W) &&
-      nchw_contiguous(ss, g.B, g.G * g.taps(), g.Ho, g.Wo) && nchw_contiguous(os, g.B, g.C, g.Ho, g.Wo);
-  const tiled::TiledPlan p =
-      tiled::plan_tiled(tiled::Kernel::Forward, g, contiguous, kTiledDtype<scalar_t>, limits.x, limits.y, limits.target_blocks);
+  const ForwardChoice c = choose_forward(
+      g, xs, ss, os, CallFacts{kTiledDtype<scalar_t>, int(sizeof(scalar_t)), vector_aligned(x) && vector_aligned(out)},
+      limits);
+  if (c.path == Path::None) return Path::None;
   if constexpr (kTiledDtype<scalar_t>) {
-    if (p.use) {
+    if (c.path == Path::Tiled) {
+      const tiled::TiledPlan& p = c.tiled;
       dispatch_tap_geometry(g.k, g.stride, [&](auto K, auto S) {
         launch(tiled::tiled_forward_kernel<scalar_t, M, K.value, S.value>, grid_of(p), block_of(p), p.shared_bytes,
                x, cf, cs, sf, out, p.g);
       });
       return Path::Tiled;
+    }
+    if (c.path == Path::TiledNhwc) {
+      const nhwc::NhwcPlan& q = c.nhwc;
+      const dim3 grid(q.grid_x, q.grid_y, q.grid_z), block(q.block_x);
+      dispatch_tap_geometry(g.k, g.stride, [&](auto K, auto S) {
+        constexpr int kVector = nhwc::kVectorBytes / int(sizeof(scalar_t));
+        if (q.vector == 1) {
+          launch(nhwc::nhwc_forward_kernel<scalar_t, M, K.value, S.value, 1>, grid, block, q.shared_bytes, x, cf, cs,
+                 sf, out, q.g);
+        } else {
+          launch(nhwc::nhwc_forward_kernel<scalar_t, M, K.value, S.value, kVector>, grid, block, q.shared_bytes, x, cf,
+                 cs, sf, out, q.g);
+        }
+      });
+      return Path::TiledNhwc;
     }
   }
   launch_generic_forward<scalar_t, M>(launch, limits, x, xs, cf, cs, sf, ss, out, os, g);
@@ -98,40 +110,32 @@ BackwardPaths launch_backward(
     scalar_t* gcf, Strides4 gcs,
     scalar_t* gsf, Strides4 gss,
     const Geometry& g) {
-  BackwardPaths paths;
   const int64_t kk = g.taps();
-  const bool inputs_contiguous = nchw_contiguous(gos, g.B, g.C, g.Ho, g.Wo) &&
-      nchw_contiguous(xs, g.B, g.C, g.H, g.W) && nchw_contiguous(ss, g.B, g.G * kk, g.Ho, g.Wo);
-  const Strides4 none{0, 0, 0, 0};
-
-  if (gi != nullptr && g.B * g.C * g.H * g.W > 0) {
-    const tiled::TiledPlan p = tiled::plan_tiled(tiled::Kernel::GradInput, g,
-                                                 inputs_contiguous && nchw_contiguous(gis, g.B, g.C, g.H, g.W),
-                                                 kTiledDtype<scalar_t>, limits.x, limits.y, limits.target_blocks);
-    paths.grad_input = Path::Generic;
-    if constexpr (kTiledDtype<scalar_t>) {
-      if (p.use) {
-        dispatch_tap_geometry(g.k, g.stride, [&](auto K, auto S) {
-          launch(tiled::tiled_grad_input_kernel<scalar_t, M, K.value, S.value>, grid_of(p), block_of(p),
-                 p.shared_bytes, go, cf, cs, sf, gi, p.g);
-        });
-        paths.grad_input = Path::Tiled;
-      }
-    }
-    if (paths.grad_input == Path::Generic) {
-      launch_generic_backward<scalar_t, M>(launch, limits, go, gos, x, xs, cf, cs, sf, ss, gi, gis, nullptr, none,
-                                           nullptr, none, g);
-    }
-  }
-
   const bool want_channel = gcf != nullptr && g.B * g.C * kk > 0;
   const bool want_spatial = gsf != nullptr && g.B * g.G * kk * g.Ho * g.Wo > 0;
-  if (!want_channel && !want_spatial) return paths;
-  const tiled::TiledPlan p = tiled::plan_tiled(tiled::Kernel::FilterGrads, g, inputs_contiguous,
-                                               kTiledDtype<scalar_t>, limits.x, limits.y, limits.target_blocks);
-  paths.filter_grads = Path::Generic;
+  const BackwardChoice c = choose_backward(g, gos, xs, ss, gis, gi != nullptr && g.B * g.C * g.H * g.W > 0,
+                                           want_channel || want_spatial,
+                                           CallFacts{kTiledDtype<scalar_t>, int(sizeof(scalar_t)), false}, limits);
+  const BackwardPaths paths{c.grad_input, c.filter_grads};
+  const Strides4 none{0, 0, 0, 0};
+
   if constexpr (kTiledDtype<scalar_t>) {
-    if (p.use) {
+    if (paths.grad_input == Path::Tiled) {
+      const tiled::TiledPlan& p = c.grad_input_plan;
+      dispatch_tap_geometry(g.k, g.stride, [&](auto K, auto S) {
+        launch(tiled::tiled_grad_input_kernel<scalar_t, M, K.value, S.value>, grid_of(p), block_of(p),
+               p.shared_bytes, go, cf, cs, sf, gi, p.g);
+      });
+    }
+  }
+  if (paths.grad_input == Path::Generic) {
+    launch_generic_backward<scalar_t, M>(launch, limits, go, gos, x, xs, cf, cs, sf, ss, gi, gis, nullptr, none,
+                                         nullptr, none, g);
+  }
+
+  if constexpr (kTiledDtype<scalar_t>) {
+    if (paths.filter_grads == Path::Tiled) {
+      const tiled::TiledPlan& p = c.filter_grads_plan;
       // A map of one tile needs no partial sums: the kernel writes grad_channel_filter.
       const bool one_tile = p.grid_x == 1;
       float* channel_partial = want_channel && !one_tile ? workspace(p.channel_partials) : nullptr;
@@ -156,7 +160,6 @@ BackwardPaths launch_backward(
                static_cast<const float*>(spatial_partial), int64_t(p.g.splits), g.G * kk, g.Ho, g.Wo, gsf, gss,
                spatial_count);
       }
-      paths.filter_grads = Path::Tiled;
     }
   }
   if (paths.filter_grads == Path::Generic) {

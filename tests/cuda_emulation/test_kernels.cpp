@@ -34,7 +34,7 @@ using ddf::Geometry;
 using ddf::Strides4;
 
 enum class DType { F64, F32, F16, BF16 };
-enum class Layout { NCHW, ChannelsLast, Sliced, Expanded };
+enum class Layout { NCHW, ChannelsLast, Sliced, Expanded, ChannelsLastCropped, ChannelsLastSliced };
 
 const char* dtype_name(DType t) {
   switch (t) {
@@ -49,7 +49,9 @@ const char* layout_name(Layout l) {
     case Layout::NCHW: return "nchw";
     case Layout::ChannelsLast: return "channels_last";
     case Layout::Sliced: return "sliced";
-    default: return "expanded";
+    case Layout::Expanded: return "expanded";
+    case Layout::ChannelsLastCropped: return "channels_last-cropped";
+    default: return "channels_last-sliced";
   }
 }
 
@@ -76,12 +78,24 @@ struct Case {
   bool grad_channel = true;
   // The kernels this case must take (ddf_cuda_tiled_plan.h): Any, or every launch tiled.
   bool expect_tiled = false;
+  // The forward must take the channels_last kernels (ddf_cuda_nhwc_plan.h).
+  bool expect_nhwc = false;
+  // The spatial filter NCHW whatever the layout (a 1x1 convolution that is not channels_last
+  // feeding a channels_last input).
+  bool sf_nchw = false;
+  // The channel filter contiguous (B, C, k, k) whatever the layout: what pooling and a linear
+  // layer give a channels_last network.
+  bool cf_nchw = false;
+  // The output NCHW whatever the layout: what the op allocates for a view of channels_last
+  // input that torch does not call channels_last (a slice along the channels).
+  bool out_nchw = false;
   // Plant inf/NaN at taps that fall outside the image (and inside): a non-finite value must
   // reach exactly the results that depend on it, never through a padding zero (0 * inf).
   bool nonfinite = false;
   // The tiled plan aims for one block per (batch, head, tile) instead of its own targets
   // (GridLimits::target_blocks = 1): no head's channels are split, so each block walks all of
-  // them in several channel steps, on maps small enough to emulate (under TSan too).
+  // them in several channel steps, on maps small enough to emulate (under TSan too). The
+  // channels_last plan takes it as a wave of one block: each thread gets the most pixels.
   bool whole_heads = false;
   // grad_input stages all k*k spatial-filter planes of its tile: for k = 7 with dilation >= 2
   // they may not fit in 48 KiB, and the generic kernel runs (ddf_cuda_tiled_plan.h).
@@ -89,11 +103,12 @@ struct Case {
 
   std::string name() const {
     char buf[240];
-    std::snprintf(buf, sizeof(buf), "B=%ld C=%ld H=%ld W=%ld k=%ld G=%ld s=%ld d=%ld %s %s %s%s%s%s%s%s", long(B), long(C),
+    std::snprintf(buf, sizeof(buf), "B=%ld C=%ld H=%ld W=%ld k=%ld G=%ld s=%ld d=%ld %s %s %s%s%s%s%s%s%s%s%s", long(B), long(C),
                   long(H), long(W), long(k), long(G), long(stride), long(dilation),
                   combine == Combine::Mul ? "mul" : "add", dtype_name(dtype), layout_name(layout),
-                  shrunk_grid ? " shrunk-grid" : "", grad_channel ? "" : " (no grad_channel)", expect_tiled ? " tiled" : "", nonfinite ? " non-finite" : "",
-                  whole_heads ? " whole-heads" : "");
+                  shrunk_grid ? " shrunk-grid" : "", grad_channel ? "" : " (no grad_channel)", expect_tiled ? " tiled" : expect_nhwc ? " nhwc" : "", nonfinite ? " non-finite" : "",
+                  whole_heads ? " whole-heads" : "", sf_nchw ? " sf-nchw" : "", cf_nchw ? " cf-nchw" : "",
+                  out_nchw ? " out-nchw" : "");
     return buf;
   }
 };
@@ -152,6 +167,24 @@ Tensor4<T> make_tensor(const int64_t (&shape)[4], Layout layout, bool expand_bat
       t.strides = {expand_batch ? 0 : C * H * W, H * W, W, 1};
       storage_size = (expand_batch ? 1 : N) * C * H * W;
       break;
+    case Layout::ChannelsLastCropped: {
+      // The view [:, :, 1:1+H, 2:2+W] of a channels_last (N, C, H+2, W+3) buffer: channel
+      // stride 1, pixel vectors as aligned as C makes them.
+      const int64_t H2 = H + 2, W2 = W + 3;
+      t.strides = {H2 * W2 * C, 1, W2 * C, C};
+      t.offset = (W2 + 2) * C;
+      storage_size = N * C * H2 * W2;
+      break;
+    }
+    case Layout::ChannelsLastSliced: {
+      // The view [1:, 1:1+C, 2:2+H, 1::2] of a channels_last (N+1, C+3, H+3, 2W+1) buffer:
+      // channel stride 1, starting one element into a pixel (misaligned for vectors).
+      const int64_t C2 = C + 3, H2 = H + 3, W2 = 2 * W + 1;
+      t.strides = {H2 * W2 * C2, 1, W2 * C2, 2 * C2};
+      t.offset = H2 * W2 * C2 + 2 * W2 * C2 + C2 + 1;
+      storage_size = (N + 1) * C2 * H2 * W2;
+      break;
+    }
   }
   std::normal_distribution<double> normal;
   const T sentinel = from_double<T>(-1024.0);
@@ -270,8 +303,12 @@ void compare(const Case& c, const char* what, const Tensor4<T>& got, const std::
 // A case that expects the tiled kernels fails if any of its launches fell back to the generic
 // ones (so the tiled tests cannot silently test the generic kernels).
 void check_paths(const Case& c, ddf::cuda::Path forward, const ddf::cuda::BackwardPaths& backward) {
-  if (!c.expect_tiled) return;
   using ddf::cuda::Path;
+  if (c.expect_nhwc && forward != Path::TiledNhwc) {
+    std::fprintf(stderr, "FAILED [%s]: the forward did not run the channels_last kernels\n", c.name().c_str());
+    ++failures;
+  }
+  if (!c.expect_tiled) return;
   const Path paths[3] = {forward, backward.grad_input, backward.filter_grads};
   const char* names[3] = {"forward", "grad_input", "filter gradients"};
   for (int i = 0; i < 3; ++i) {
@@ -290,8 +327,8 @@ void run_case(const Case& c) {
   std::mt19937_64 rng(std::hash<std::string>()(c.name()));
   const bool expanded = c.layout == Layout::Expanded;
   auto x = make_tensor<T>({c.B, c.C, c.H, c.W}, c.layout, false, rng, false);
-  auto cf = make_tensor<T>({c.B, c.C, c.k, c.k}, c.layout, expanded, rng, false);
-  auto sf = make_tensor<T>({c.B, c.G * kk, Ho, Wo}, c.layout, expanded, rng, false);
+  auto cf = make_tensor<T>({c.B, c.C, c.k, c.k}, c.cf_nchw ? Layout::NCHW : c.layout, expanded, rng, false);
+  auto sf = make_tensor<T>({c.B, c.G * kk, Ho, Wo}, c.sf_nchw ? Layout::NCHW : c.layout, expanded, rng, false);
   // grad_output of out.sum() is an expansion with every stride 0; here the batch is.
   auto go = make_tensor<T>({c.B, c.C, Ho, Wo}, c.layout, expanded, rng, false);
   if (c.nonfinite) {
@@ -306,10 +343,10 @@ void run_case(const Case& c) {
     go.storage[go.index(0, c.C - 1, 0, 0)] = from_double<T>(-INFINITY);  // a border grad_output
     x.storage[x.index(0, 0, c.H - 1, c.W - 1)] = inf;                  // a corner input
   }
-  auto out = make_result<T>({c.B, c.C, Ho, Wo}, c.layout, rng);
+  auto out = make_result<T>({c.B, c.C, Ho, Wo}, c.out_nchw ? Layout::NCHW : c.layout, rng);
   auto gi = make_result<T>({c.B, c.C, c.H, c.W}, c.layout, rng);
-  auto gcf = make_result<T>({c.B, c.C, c.k, c.k}, c.layout, rng);
-  auto gsf = make_result<T>({c.B, c.G * kk, Ho, Wo}, c.layout, rng);
+  auto gcf = make_result<T>({c.B, c.C, c.k, c.k}, c.cf_nchw ? Layout::NCHW : c.layout, rng);
+  auto gsf = make_result<T>({c.B, c.G * kk, Ho, Wo}, c.sf_nchw ? Layout::NCHW : c.layout, rng);
 
   ddf::cuda::GridLimits limits;
   if (c.shrunk_grid) limits = {2, 2};
@@ -410,6 +447,76 @@ std::vector<Case> channel_step_cases() {
   return cases;
 }
 
+// The channels_last forward (ddf_cuda_nhwc_kernels.cuh): every k x stride x dilation x heads x
+// combine in float32 (heads of 4 channels take 16-byte vectors, heads of 1 one channel per
+// thread), then every dtype over geometries that reach each part of the plan: several pixels
+// per thread, partial tiles in both directions, several channel blocks, idle channel lanes,
+// C not a multiple of the vector, heads of one channel, views that break the alignment
+// (scalar path) or keep it (vector path), an NCHW spatial filter, and the channel filter
+// contiguous (as networks make it) or channels_last. The backward of these
+// runs the generic kernels (no grad_channel_filter: its generic kernel is the slowest to
+// emulate and other cases cover it).
+std::vector<Case> nhwc_cases() {
+  std::vector<Case> cases;
+  for (int64_t k : {3, 5, 7})
+    for (int64_t s : {1, 2})
+      for (int64_t d : {1, 2})
+        for (int64_t G : {1, 2, 8})
+          for (Combine m : {Combine::Mul, Combine::Add}) {
+            const bool odd = (k + s + d + G) % 2 == 1;
+            Case c{2, 8, odd ? 9 : 8, odd ? 11 : 10, k, G, s, d, m, DType::F32, Layout::ChannelsLast};
+            c.cf_nchw = true;  // as channels_last networks make it
+            cases.push_back(c);
+          }
+  const Case geometries[] = {
+      // 14x14, 16 channels: 4 pixels per thread, 2 tiles of 7 columns.
+      {1, 16, 14, 14, 3, 1, 1, 1, Combine::Mul, DType::F32, Layout::ChannelsLast},
+      // 136 channels: two channel blocks, the second of one vector (float) or less.
+      {1, 136, 5, 6, 3, 2, 1, 1, Combine::Add, DType::F32, Layout::ChannelsLast},
+      // 24 channels: idle channel lanes; odd map, several tiles each way, stride 2.
+      {2, 24, 21, 19, 5, 3, 2, 1, Combine::Mul, DType::F32, Layout::ChannelsLast},
+      // C = 6, 12: not a multiple of the vector (one channel per thread); heads of one channel.
+      {1, 6, 9, 7, 3, 1, 1, 2, Combine::Add, DType::F32, Layout::ChannelsLast},
+      {1, 12, 7, 9, 3, 12, 2, 1, Combine::Mul, DType::F32, Layout::ChannelsLast},
+      // Views: cropped (aligned: vectors) and sliced one channel in (misaligned: scalars).
+      {2, 16, 9, 10, 3, 2, 1, 1, Combine::Mul, DType::F32, Layout::ChannelsLastCropped},
+      {2, 8, 9, 10, 5, 1, 2, 2, Combine::Add, DType::F32, Layout::ChannelsLastSliced},
+      // A 1x35 and a 40x1 map (tiles of one row or column).
+      {1, 8, 1, 35, 3, 1, 1, 1, Combine::Mul, DType::F32, Layout::ChannelsLast},
+      {1, 8, 40, 1, 7, 2, 1, 1, Combine::Add, DType::F32, Layout::ChannelsLast},
+  };
+  for (DType t : {DType::F32, DType::F16, DType::BF16})
+    for (Case c : geometries) {
+      c.dtype = t;
+      cases.push_back(c);
+    }
+  // The spatial filter NCHW, the rest channels_last; a sliced input whose output is NCHW
+  // (one channel per thread, stored with the output's strides).
+  for (DType t : {DType::F32, DType::BF16}) {
+    Case c{2, 16, 7, 9, 3, 2, 1, 1, Combine::Mul, t, Layout::ChannelsLast};
+    c.sf_nchw = true;
+    cases.push_back(c);
+    Case d{2, 8, 9, 10, 3, 2, 1, 1, Combine::Add, t, Layout::ChannelsLastSliced};
+    d.out_nchw = true;
+    cases.push_back(d);
+  }
+  // Each again with a wave of one block: the plan then gives each thread the most pixels
+  // (kMaxPixelsPerThread) instead of the fewest a small map needs; and with the other
+  // channel-filter layout (the block stages a contiguous one as one run).
+  const size_t n = cases.size();
+  for (size_t i = 0; i < n; ++i) {
+    Case c = cases[i];
+    c.whole_heads = true;
+    c.cf_nchw = !c.cf_nchw;
+    cases.push_back(c);
+  }
+  for (Case& c : cases) {
+    c.expect_nhwc = true;
+    c.grad_channel = false;
+  }
+  return cases;
+}
+
 std::vector<Case> all_cases(bool subset) {
   std::vector<Case> cases;
   const std::vector<Case> step_cases = channel_step_cases();
@@ -426,6 +533,9 @@ std::vector<Case> all_cases(bool subset) {
     // The tiled kernels with several channel steps per block, and lanes: TSan sees the
     // barriers between steps, lanes and warps.
     cases.insert(cases.end(), step_cases.begin(), step_cases.end());
+    // The channels_last forward: vectors (two channel blocks, idle lanes) and scalars.
+    for (const Case& c : nhwc_cases())
+      if (c.C >= 24 || c.layout == Layout::ChannelsLastSliced) cases.push_back(c);
     return cases;
   }
   // Every (k, stride, dilation, heads, combine) in float64 NCHW, at an odd and an even size;
@@ -477,6 +587,8 @@ std::vector<Case> all_cases(bool subset) {
       c.dtype = t;
       cases.push_back(c);
     }
+  const std::vector<Case> nhwc = nhwc_cases();
+  cases.insert(cases.end(), nhwc.begin(), nhwc.end());
   // Non-finite values, on the tiled and the generic kernels.
   for (int64_t k : {3, 5})
     for (int64_t s : {1, 2})
@@ -487,6 +599,15 @@ std::vector<Case> all_cases(bool subset) {
           c.expect_tiled = t == DType::F32;
           cases.push_back(c);
         }
+  // And on the channels_last forward (vectors; heads of 4 channels).
+  for (int64_t s : {1, 2})
+    for (Combine m : combines) {
+      Case c{2, 8, 9, 11, 3, 2, s, 1, m, DType::F32, Layout::ChannelsLast};
+      c.nonfinite = true;
+      c.expect_nhwc = true;
+      c.grad_channel = false;
+      cases.push_back(c);
+    }
   // Tiny sizes (smaller than the kernel), every k.
   for (int64_t k : {1, 3, 5, 7, 9})
     for (auto [H, W] : {std::pair<int64_t, int64_t>{1, 1}, {2, 3}, {3, 2}})

@@ -22,7 +22,10 @@ side, on each device of DEVICES (H100 SXM, H200):
                 peak, copy_bandwidth()); the last, partial wave costs a full wave of its
                 busiest SM (tail). Bandwidth shares against copy bandwidth.
 
-The issue-18 targets are judged on the conservative column (targets()); a miss prints where
+Designs: "generic", "tiled" (NCHW) and "nhwc" (contiguous channels_last: the channels_last
+forward, plan from torch.ops.ddf._cuda_nhwc_plan; its backward, the tiled NCHW kernels on NCHW
+copies, counted with the copies). The issue-18 targets are judged on the conservative column
+of "tiled" (targets()), issue 19's on that of "nhwc" (targets_nhwc()); a miss prints where
 the time goes (launch, issue, DRAM, serial staging + compute, the tail). Neither column
 models: too few warps to reach the sustained issue rate, shared-memory bank conflicts, L1
 hits, or the generic kernels' grid-stride details (their conservative figure is their
@@ -166,6 +169,30 @@ def plan_tiled(kernel: str, B: int, C: int, H: int, W: int, k: int, G: int, s: i
                            "rebuild it (make build)")
     fields = torch.ops.ddf._cuda_tiled_plan(kernel, B, C, H, W, k, G, s, d)
     return Plan(*fields[1:]) if fields[0] else None
+
+
+@dataclasses.dataclass
+class NhwcPlan:
+    vector: int  # channels per thread
+    channel_lanes: int  # threads per pixel
+    block_channels: int
+    tile_w: int
+    tile_h: int
+    tiles: int
+    channel_blocks: int
+    shared_bytes: int
+
+
+def plan_nhwc(B: int, C: int, H: int, W: int, k: int, G: int, s: int, d: int, element_bytes: int) -> Optional[NhwcPlan]:
+    """The channels_last forward's plan for a contiguous channels_last call, or None when the
+    call takes the generic kernels (torch.ops.ddf._cuda_nhwc_plan, csrc/cuda/ddf_cuda_nhwc_plan.h)."""
+    import torch
+
+    load_library()
+    if not hasattr(torch.ops.ddf, "_cuda_nhwc_plan"):
+        raise RuntimeError("the loaded ddf library has no _cuda_nhwc_plan op: rebuild it (make build)")
+    fields = torch.ops.ddf._cuda_nhwc_plan(B, C, H, W, k, G, s, d, element_bytes)
+    return NhwcPlan(*fields[1:]) if fields[0] else None
 
 
 # --------------------------------------------------------------------------- SASS loops
@@ -349,9 +376,9 @@ def first_warp_region(insns: List[Tuple[int, str, str]], start: int, end: int) -
     lo, hi = min(votes), max(votes)
     best = None
     for a, op, rest in insns:
-        m = re.search(r"0x([0-9a-f]+)", rest)
-        if op == "BRA" and m and start <= a < lo and hi < int(m.group(1), 16) <= end + 16:
-            best = (a, int(m.group(1), 16))  # the last one before the votes: the innermost
+        t = _target(rest)
+        if op == "BRA" and t is not None and start <= a < lo and hi < t <= end + 16:
+            best = (a, t)  # the last one before the votes: the innermost
     return range(best[0] + 16, best[1], 16) if best else range(0)
 
 
@@ -709,6 +736,94 @@ def tiled_work(kernel: str, p: Plan, ts: TiledSass, tl: TiledLoops, per_sm: int,
     return BlockWork(blocks, threads, per_sm, sum(parts.values()), dram_rounds, l2_rounds, moved, parts)
 
 
+@dataclasses.dataclass
+class NhwcSass:
+    """The channels_last forward's SASS as the model counts it (csrc/cuda/ddf_cuda_nhwc_kernels.cuh)."""
+
+    pixel: int  # one pixel of a thread's channels: the cheapest full path through the pixel loop
+    stage: int  # the channel-filter staging loop's size (the compiler unrolls it)
+    stage_loads: int  # its loads per trip (in flight together)
+    stage_rest: int  # the remainder loop's size, one load per trip (0: none)
+    outside: int  # instructions in no loop, counted once per warp (every branch's: conservative)
+
+
+def nhwc_sass(insns: List[Tuple[int, str, str]]) -> NhwcSass:
+    """The pixel loop is the loop that stores (STG); of the paths through it, the one with the
+    most FFMA and the fewest instructions (cheapest_full_path): a pixel with every tap inside
+    the image and the spatial filter's taps contiguous. The staging loops load and store to
+    shared memory; the kernel has two pairs (a contiguous channel filter, any strides), each an
+    unrolled loop and its remainder: the model takes the cheapest of each kind (the contiguous
+    filter's, what networks pass)."""
+    every = list(walk(loops_of(insns)))
+    pixel_loops = [lp for lp in every if lp.has("STG")]
+    stages = [lp for lp in every if lp.has("LDG") and lp.has("STS") and not lp.has("STG")]
+    if len(pixel_loops) != 1 or not stages or pixel_loops[0].children:
+        raise ValueError("unexpected loop structure: the model needs updating for this kernel")
+    lp = pixel_loops[0]
+    _, pixel = cheapest_full_path(insns, lp.start, lp.end)
+    covered = set()
+    for x in every:
+        covered.update(range(x.start, x.end + 1, 16))
+    outside = sum(1 for a, _, _ in insns if a not in covered)
+
+    def loads(l: Loop) -> int:
+        return sum(op.startswith("LDG") for op in l.ops)
+
+    unroll = max(loads(l) for l in stages)
+    main = min((l for l in stages if loads(l) == unroll), key=lambda l: l.size)
+    rest = [l for l in stages if loads(l) < unroll]
+    return NhwcSass(pixel, main.size, unroll, min(l.size for l in rest) if rest else 0, outside)
+
+
+def nhwc_pixel_iterations(p: NhwcPlan, map_h: int, map_w: int, threads: int = 256) -> List[float]:
+    """Per warp of a block, the pixel-loop iterations in which some lane of the warp has a pixel
+    of the map (averaged over the tiles): the warp issues the whole pixel then, for every lane
+    (lanes counted as launched). A thread of pixel lane lp takes pixels lp, lp + pixel_lanes, ...
+    of its tile, row-major."""
+    pixel_lanes = threads // p.channel_lanes
+    tiles_x, tiles_y = _ceil_div(map_w, p.tile_w), _ceil_div(map_h, p.tile_h)
+    per_warp = [0.0] * (threads // 32)
+    for ty in range(tiles_y):
+        for tx in range(tiles_x):
+            for w in range(threads // 32):
+                lanes = sorted({t // p.channel_lanes for t in range(32 * w, 32 * w + 32)})
+                q = 0
+                while any(lp + q * pixel_lanes < p.tile_w * p.tile_h for lp in lanes):
+                    pixels = [lp + q * pixel_lanes for lp in lanes if lp + q * pixel_lanes < p.tile_w * p.tile_h]
+                    if any(ty * p.tile_h + px // p.tile_w < map_h and tx * p.tile_w + px % p.tile_w < map_w
+                           for px in pixels):
+                        per_warp[w] += 1
+                    q += 1
+    return [n / (tiles_x * tiles_y) for n in per_warp]
+
+
+def nhwc_work(p: NhwcPlan, ns: NhwcSass, per_sm: int, B: int, S: int, k: int, moved: float) -> BlockWork:
+    """The conservative model's view of one channels_last forward launch. Per block: every warp
+    stages its share of the channel filters (the unrolled loop's trips, each one round trip to
+    L2, then the remainder's), runs its code outside the loops once, and the pixel path once
+    per pixel iteration; each pixel iteration is one DRAM round trip on the block's critical
+    path (its loads all in flight, then its compute: nothing of the thread's overlaps them)."""
+    threads, warps = 256, 8
+    elements = _ceil_div(k * k * p.block_channels, threads)  # staged filter values per thread
+    main_trips, rest_trips = divmod(elements, max(ns.stage_loads, 1))
+    iterations = nhwc_pixel_iterations(p, S, S, threads)
+    parts = {"filter staging": warps * (main_trips * ns.stage + rest_trips * ns.stage_rest),
+             "compute": sum(iterations) * ns.pixel,
+             "prologue/epilogue": warps * ns.outside}
+    blocks = p.tiles * p.channel_blocks * B
+    dram_rounds = max(_ceil_div(p.tile_w * p.tile_h - lp, threads // p.channel_lanes)
+                      for lp in range(threads // p.channel_lanes))
+    return BlockWork(blocks, threads, per_sm, sum(parts.values()), dram_rounds, main_trips + rest_trips, moved, parts)
+
+
+# A layout-changing copy (torch's, NHWC <-> NCHW): taken at copy bandwidth, which a transposing
+# copy may not reach (an assumption: no cubin of torch's is read), in blocks of 256 threads
+# that move 4 elements each, 8 blocks per SM, one round trip per block.
+def copy_work(elements: int, e: int) -> BlockWork:
+    blocks = _ceil_div(elements, 1024)
+    return BlockWork(blocks, 256, 8, 8 * 4 * 8, 1, 0, 2 * e * elements, {"copy": 8 * 4 * 8})
+
+
 def model(funcs, res, dtype: str, gpu: Gpu = H100_SXM) -> List[Row]:
     e = DTYPE_BYTES[dtype]
     tag = DTYPE_TAG[dtype]
@@ -833,11 +948,33 @@ def model(funcs, res, dtype: str, gpu: Gpu = H100_SXM) -> List[Row]:
                     rows.append(row(shape, dtype, "tiled", f"sum_{what}_partials", 0, n, per, per, count, regs,
                                     occ.fraction, estimate_time(n, per * count, occ.fraction, min(unroll, reads), e,
                                                                 sum_blocks, gpu=gpu), work=work))
+        # The channels_last forward; its backward runs the tiled NCHW kernels on NCHW copies
+        # (backward_via_nchw_copies in csrc/cuda/ddf_cuda_paths.h): those rows, plus the copies.
+        p = plan_nhwc(B, C, S, S, K, 1, 1, 1, e)
+        if p is not None:
+            name = fn(rf"nhwc19nhwc_forward_kernelI{tag}LNS_7CombineE0ELi3ELi1ELi{p.vector}E")
+            ns = nhwc_sass(funcs[name])
+            regs, smem = usage(name)
+            occ = occupancy_of(regs, 256, smem, p.shared_bytes)
+            min_b = e * (x + cf + sf + out)
+            moved = e * (x + out + cf + sf * p.channel_blocks)
+            work = nhwc_work(p, ns, occ.blocks_per_sm, B, S, K, moved)
+            sass = ns.pixel / p.vector
+            t = estimate_time(moved, sass * out, occ.fraction, K * K, e, work.blocks, 256, gpu=gpu)
+            rows.append(row(shape, dtype, "nhwc", "forward", min_b, moved, sass, sass, out, regs, occ.fraction, t,
+                            work=work))
+            rows.extend([dataclasses.replace(r, design="nhwc") for r in rows
+                         if r.shape == shape and r.design == "tiled" and r.kernel in BACKWARD])
+            for what, n in (("grad_output", out), ("input", x), ("spatial_filter", sf), ("grad_input", x),
+                            ("grad_spatial_filter", sf)):
+                rows.append(row(shape, dtype, "nhwc", f"copy {what}", 0, 2 * e * n, 0, 0, n, 0, 1.0,
+                                2 * e * n / gpu.dram_bw, work=copy_work(n, e)))
     return rows
 
 
 
-BACKWARD = ("grad_input", "grad_spatial", "grad_channel", "filter_grads", "sum_channel_partials", "sum_spatial_partials")
+BACKWARD = ("grad_input", "grad_spatial", "grad_channel", "filter_grads", "sum_channel_partials", "sum_spatial_partials",
+            "copy grad_output", "copy input", "copy spatial_filter", "copy grad_input", "copy grad_spatial_filter")
 
 
 def summarize(rows: List[Row]) -> List[dict]:
@@ -892,6 +1029,40 @@ def targets(rows: List[Row]) -> List[Tuple[bool, str]]:
         split = ", ".join(f"{r.kernel} {r.cons_s * 1e6:.1f}" for r in s["backward"])
         lines.append((ok, f"{where}: backward {s['cons_ratio']:.2f}x forward (target <= {TARGET_BWD_OVER_FWD})"
                           + ("" if ok else f": forward {fwd.cons_s * 1e6:.1f} µs, backward {split} µs")))
+    return lines
+
+
+# Issue 19's targets for the channels_last path (design "nhwc"), on the conservative column.
+TARGET_NHWC_FWD_COPY_SHARE = 0.70  # at 56² and 28², every float dtype
+TARGET_NHWC_OVER_GENERIC = 5.0  # the forward at least this much faster than the generic kernels
+
+
+def targets_nhwc(rows: List[Row]) -> List[Tuple[bool, str]]:
+    """Issue 19's targets on the conservative column of the channels_last kernels."""
+    lines = []
+    summary = summarize(rows)
+    for s in summary:
+        if s["design"] != "nhwc":
+            continue
+        where = f"{s['gpu']} {s['shape']} {s['dtype']}"
+        fwd: Row = s["forward"]
+        size = int(s["shape"].split("@")[1][:-1])
+        need = TARGET_NHWC_FWD_COPY_SHARE if size in (56, 28) else TARGET_FWD_COPY_SHARE_ALL
+        ok = s["cons_forward_copy"] >= need
+        split = ", ".join(f"{k} {v * fwd.work.blocks * 32 / fwd.outputs:.0f}" for k, v in fwd.work.parts.items())
+        lines.append((ok, f"{where}: channels_last forward {s['cons_forward_copy']:.0%} of copy bandwidth "
+                          f"(target >= {need:.0%}), {s['cons_sass']:.0f} SASS per output"
+                          + ("" if ok else f": {fwd.cons_s * 1e6:.1f} µs = {fwd.cons.describe()}; SASS/output: {split}")))
+        generic = next(g for g in summary if g["design"] == "generic" and
+                       (g["gpu"], g["shape"], g["dtype"]) == (s["gpu"], s["shape"], s["dtype"]))
+        speedup = generic["cons_forward_us"] / s["cons_forward_us"]
+        lines.append((speedup >= TARGET_NHWC_OVER_GENERIC,
+                      f"{where}: channels_last forward {speedup:.1f}x the generic kernels (target >= "
+                      f"{TARGET_NHWC_OVER_GENERIC:.0f}x)"))
+        ok = s["cons_ratio"] <= TARGET_BWD_OVER_FWD
+        lines.append((ok, f"{where}: channels_last backward {s['cons_ratio']:.2f}x forward (target <= "
+                          f"{TARGET_BWD_OVER_FWD}; the backward runs the NCHW tiled kernels on NCHW copies)"
+                          + ("" if ok else ": " + ", ".join(f"{r.kernel} {r.cons_s * 1e6:.1f}" for r in s["backward"]) + " µs")))
     return lines
 
 
@@ -956,6 +1127,10 @@ def main(argv=None) -> int:
     print()
     print("Issue 18 targets, conservative column, tiled kernels:")
     for ok, line in targets(rows):
+        print(("PASS " if ok else "MISS ") + line)
+    print()
+    print("Issue 19 targets, conservative column, channels_last kernels:")
+    for ok, line in targets_nhwc(rows):
         print(("PASS " if ok else "MISS ") + line)
     return 0
 

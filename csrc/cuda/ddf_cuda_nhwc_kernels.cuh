@@ -1,0 +1,280 @@
+// The channels_last (NHWC) CUDA forward: input and output with channel stride 1, k in {3,5,7}
+// and stride 1 or 2 at compile time, any dilation, float32/float16/bfloat16, 32-bit indexing.
+// ddf_cuda_nhwc_plan.h says which calls qualify and sizes the launch. Device code only, so the
+// host emulator (tests/cuda_emulation) runs this same source.
+//
+// The layout suits the op: a pixel's channels are contiguous, and a head's k*k spatial-filter
+// taps of a pixel are shared by all of the head's channels. A block covers (batch b, a run of
+// block_channels channels, a tile of output pixels). Its threads are channel_lanes x pixel
+// lanes; each thread holds `V` channels of one head (a 16-byte vector: 4 floats or 8 halves;
+// 1 when alignment or the head size forbids) and computes them for kPixelsPerThread pixels of
+// the tile, one after another:
+//   - the block stages the channel filters of its channels once, as float, each channel
+//     lane's [k*k][V] together, so a tap of a thread's V channels is one or two 16-byte shared
+//     loads at a compile-time offset (a broadcast across the pixel lanes);
+//   - per pixel, the thread reads its head's k*k spatial-filter taps (the same address across
+//     the pixel's channel lanes: one transaction per warp) and, per tap inside the image, one
+//     16-byte vector of input straight from global memory: the k*k re-reads of an input vector
+//     by neighbouring pixels hit L1 (a block's tile is near-square), no staging or barrier;
+//   - accumulates in float32, taps in order from +0 (as the reference), and stores V outputs
+//     as one 16-byte vector.
+// Taps outside the image are skipped, not multiplied by a zero: a non-finite filter value
+// reaches only the outputs whose taps read the image (conv2d's rule), with no separate path.
+#pragma once
+
+#include "ddf_cuda_kernels.cuh"
+#include "ddf_cuda_nhwc_plan.h"
+
+#include <type_traits>
+
+namespace ddf {
+namespace cuda {
+namespace nhwc {
+
+// V consecutive channels of one pixel: loaded as one 16-byte vector (V > 1: the plan checked
+// the alignment) or one element (V == 1), widened to float; stored back likewise.
+template <typename scalar_t, int V>
+struct ChannelVector {
+  static_assert(V == 1 || V * sizeof(scalar_t) == kVectorBytes, "a vector is 16 bytes or one element");
+  float v[V];
+
+  __device__ __forceinline__ void load(const scalar_t* p) {
+    if constexpr (V == 1) {
+      v[0] = widen(*p);
+    } else if constexpr (std::is_same_v<scalar_t, float>) {
+      const float4 q = __ldg(reinterpret_cast<const float4*>(p));
+      v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
+    } else {
+      const uint4 q = __ldg(reinterpret_cast<const uint4*>(p));
+      const unsigned words[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        v[2 * i] = widen(from_bits(static_cast<unsigned short>(words[i] & 0xffffu)));
+        v[2 * i + 1] = widen(from_bits(static_cast<unsigned short>(words[i] >> 16)));
+      }
+    }
+  }
+
+  __device__ __forceinline__ void store(scalar_t* p) const {
+    if constexpr (V == 1) {
+      *p = narrow<scalar_t>(v[0]);
+    } else if constexpr (std::is_same_v<scalar_t, float>) {
+      *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+    } else {
+      unsigned words[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        words[i] = unsigned(to_bits(narrow<scalar_t>(v[2 * i]))) | (unsigned(to_bits(narrow<scalar_t>(v[2 * i + 1]))) << 16);
+      uint4 q;
+      q.x = words[0], q.y = words[1], q.z = words[2], q.w = words[3];
+      *reinterpret_cast<uint4*>(p) = q;
+    }
+  }
+
+ private:
+  static __device__ __forceinline__ scalar_t from_bits(unsigned short b) {
+    if constexpr (std::is_same_v<scalar_t, __half>) {
+      return __ushort_as_half(b);
+    } else {
+      return __ushort_as_bfloat16(b);
+    }
+  }
+  static __device__ __forceinline__ unsigned short to_bits(scalar_t h) {
+    if constexpr (std::is_same_v<scalar_t, __half>) {
+      return __half_as_ushort(h);
+    } else {
+      return __bfloat16_as_ushort(h);
+    }
+  }
+};
+
+// K spatial-filter taps of a pixel's head (s: the first; stride: between taps).
+template <typename scalar_t, int K>
+__device__ __forceinline__ void load_taps(const scalar_t* s, int stride, float (&taps)[K]) {
+  if (stride == 1) {  // channels_last spatial filter: contiguous taps, immediate offsets
+#pragma unroll
+    for (int t = 0; t < K; ++t) taps[t] = widen(s[t]);
+  } else {
+#pragma unroll
+    for (int t = 0; t < K; ++t) taps[t] = widen(s[t * stride]);
+  }
+}
+
+// A tap's channel filters of the thread's V channels from shared memory: 16-byte loads at an
+// offset fixed at compile time (the staged filters start 16-byte aligned, and so does every
+// lane's and tap's run: lane_filter_floats and V are multiples of 4 when V > 1).
+template <int V>
+__device__ __forceinline__ void load_filters(const float* ft, float (&fv)[V]) {
+  if constexpr (V % 4 == 0) {
+#pragma unroll
+    for (int q = 0; q < V / 4; ++q) {
+      const float4 w = reinterpret_cast<const float4*>(ft)[q];
+      fv[4 * q] = w.x, fv[4 * q + 1] = w.y, fv[4 * q + 2] = w.z, fv[4 * q + 3] = w.w;
+    }
+  } else {
+#pragma unroll
+    for (int u = 0; u < V; ++u) fv[u] = ft[u];
+  }
+}
+
+// Tap rows a pixel's loop unrolls: all three for k = 3 (every tap's loads in flight at once),
+// one at a time for k = 5, 7 (all 25 or 49 in flight took 128+ registers and spilled).
+template <int K>
+constexpr int kUnrolledRows = K == 3 ? K : 1;
+// Blocks per SM asked of the compiler: for k = 3, 4 with one- and 4-channel vectors (64
+// registers; 3 on sm_86/sm_89, where 4-channel vectors spilled 8 bytes at 64) and 3 with 8
+// (80: at 64 they spilled); 2 for k = 5, 7 (up to 128). No spill, no stack on sm_80-sm_90
+// (make cuda-resources).
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 860 || __CUDA_ARCH__ == 890)
+constexpr int kNarrowVectorBlocks = 3;
+#else
+constexpr int kNarrowVectorBlocks = 4;
+#endif
+template <int K, int V>
+constexpr int kMinBlocks = K == 3 ? (V == 8 ? 3 : kNarrowVectorBlocks) : 2;
+
+// What a thread keeps for all its pixels: its channels' place and the taps' column offsets.
+template <int K>
+struct ThreadTaps {
+  int b, head, c0;
+  int out_c;       // output offset of channel c0
+  int row_step;    // input offset between tap rows: dilation * input row stride
+  int col[K];      // input offset of tap column j from column 0: j * dilation * column stride
+  int span;        // (K - 1) * dilation: a pixel's taps cover span + 1 rows and columns
+};
+
+// One output pixel whose taps all lie inside the image (most of them): no bounds checks; a
+// tap's input is one address computation (64-bit pointer + 32-bit offset) and one 16-byte
+// load. kTapsContiguous: the head's taps are contiguous in the spatial filter (channels_last),
+// so their loads take immediate offsets.
+template <typename scalar_t, Combine M, int K, int V, bool kTapsContiguous>
+__device__ __forceinline__ void interior_pixel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ sf,
+                                               const float* f, const NhwcGeometry& g, const ThreadTaps<K>& tt,
+                                               int iy0, int ix0, int sf_pixel, float (&acc)[V]) {
+  const scalar_t* first = x + (tt.b * g.xn + iy0 * g.xh + ix0 * g.xw + tt.c0);
+#pragma unroll(kUnrolledRows<K>)
+  for (int i = 0; i < K; ++i) {
+    const scalar_t* row = first + i * tt.row_step;
+    float taps[K];
+    load_taps<scalar_t, K>(sf + (sf_pixel + i * K * (kTapsContiguous ? 1 : g.sc)), kTapsContiguous ? 1 : g.sc, taps);
+#pragma unroll
+    for (int j = 0; j < K; ++j) {
+      ChannelVector<scalar_t, V> in;
+      in.load(row + tt.col[j]);
+      float fv[V];
+      load_filters<V>(f + (i * K + j) * V, fv);
+#pragma unroll
+      for (int u = 0; u < V; ++u) acc[u] += in.v[u] * combine_filters<M>(fv[u], taps[j]);
+    }
+  }
+}
+
+// One output pixel near the border: taps outside the image are skipped (their rows' and
+// columns' offsets are formed only inside it).
+template <typename scalar_t, Combine M, int K, int S, int V>
+__device__ __forceinline__ void border_pixel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ sf,
+                                             const float* f, const NhwcGeometry& g, const ThreadTaps<K>& tt,
+                                             int iy0, int ix0, int sf_pixel, float (&acc)[V]) {
+#pragma unroll(kUnrolledRows<K>)
+  for (int i = 0; i < K; ++i) {
+    const int iy = iy0 + i * g.dilation;
+    if (unsigned(iy) >= unsigned(g.H)) continue;
+    const int row = tt.b * g.xn + iy * g.xh + tt.c0;
+    float taps[K];
+    load_taps<scalar_t, K>(sf + (sf_pixel + i * K * g.sc), g.sc, taps);
+#pragma unroll
+    for (int j = 0; j < K; ++j) {
+      const int ix = ix0 + j * g.dilation;
+      if (unsigned(ix) >= unsigned(g.W)) continue;
+      ChannelVector<scalar_t, V> in;
+      in.load(x + (row + ix * g.xw));
+      float fv[V];
+      load_filters<V>(f + (i * K + j) * V, fv);
+#pragma unroll
+      for (int u = 0; u < V; ++u) acc[u] += in.v[u] * combine_filters<M>(fv[u], taps[j]);
+    }
+  }
+}
+
+// One output pixel (oy, ox) of the thread's V channels (f: their tap-0 filters in the block's
+// staged channel filters).
+template <typename scalar_t, Combine M, int K, int S, int V>
+__device__ __forceinline__ void forward_pixel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ sf,
+                                              scalar_t* __restrict__ out, const float* f, const NhwcGeometry& g,
+                                              const ThreadTaps<K>& tt, int oy, int ox) {
+  const int iy0 = oy * S - g.pad, ix0 = ox * S - g.pad;
+  const int sf_pixel = tt.b * g.sn + tt.head * K * K * g.sc + oy * g.sh + ox * g.sw;
+  float acc[V];
+#pragma unroll
+  for (int u = 0; u < V; ++u) acc[u] = 0.f;
+  if (iy0 >= 0 && ix0 >= 0 && iy0 + tt.span < g.H && ix0 + tt.span < g.W) {
+    if (g.sc == 1) {
+      interior_pixel<scalar_t, M, K, V, true>(x, sf, f, g, tt, iy0, ix0, sf_pixel, acc);
+    } else {
+      interior_pixel<scalar_t, M, K, V, false>(x, sf, f, g, tt, iy0, ix0, sf_pixel, acc);
+    }
+  } else {
+    border_pixel<scalar_t, M, K, S, V>(x, sf, f, g, tt, iy0, ix0, sf_pixel, acc);
+  }
+  ChannelVector<scalar_t, V> result;
+#pragma unroll
+  for (int u = 0; u < V; ++u) result.v[u] = acc[u];
+  result.store(out + (tt.b * g.on + oy * g.oh + ox * g.ow + tt.out_c));
+}
+
+template <typename scalar_t, Combine M, int K, int S, int V>
+__global__ void __launch_bounds__(kBlockThreads, kMinBlocks<K, V>) nhwc_forward_kernel(
+    const scalar_t* __restrict__ x,
+    const scalar_t* __restrict__ cf, Strides4 cs,
+    const scalar_t* __restrict__ sf,
+    scalar_t* __restrict__ out,
+    NhwcGeometry g) {
+  constexpr int KK = K * K;
+  constexpr int kLaneFloats = lane_filter_floats(K, V);
+  // Per channel lane, its channels' filters [KK][V] (lane_filter_floats), 0 past the last channel.
+  DDF_DYNAMIC_SHARED(float, filters);
+  const int b = blockIdx.z, c_block = int(blockIdx.y) * g.block_channels;
+  const int block_channels = std::min(g.block_channels, g.C - c_block);
+  // Stage the block's channel filters; consecutive threads take consecutive taps of a channel.
+  // A contiguous channel filter (what pooling and a linear layer give) is one run of the
+  // block's channels x KK values; other strides (an expanded filter) take the general index.
+  const bool contiguous = cs.w == 1 && cs.h == K && cs.c == KK;
+  const scalar_t* run = cf + (contiguous ? b * cs.n + int64_t(c_block) * KK : 0);
+  for (int i = threadIdx.x; i < KK * block_channels; i += kBlockThreads) {
+    const int channel = i / KK, tap = i - channel * KK;
+    filters[channel / V * kLaneFloats + tap * V + channel % V] =
+        widen(contiguous ? run[i] : cf[cs.offset(b, c_block + channel, tap / K, tap % K)]);
+  }
+  // (Channels past the last of the block's: no thread of theirs reads them.)
+  __syncthreads();
+
+  const int lane_c = threadIdx.x & (g.channel_lanes - 1), lane_p = threadIdx.x / g.channel_lanes;
+  const int pixel_lanes = kBlockThreads / g.channel_lanes;
+  if (lane_c * V >= block_channels) return;  // no barrier follows
+  ThreadTaps<K> tt;
+  tt.b = b;
+  tt.c0 = c_block + lane_c * V;
+  tt.head = tt.c0 / g.cph;
+  tt.out_c = tt.c0 * g.oc;
+  tt.row_step = g.dilation * g.xh;
+  tt.span = (K - 1) * g.dilation;
+#pragma unroll
+  for (int j = 0; j < K; ++j) tt.col[j] = j * g.dilation * g.xw;  // < 2^31: a pixel's taps lie inside when used
+  const float* f = filters + lane_c * kLaneFloats;
+  const int y0 = int(blockIdx.x) / g.tiles_x * g.tile_h, x0 = int(blockIdx.x) % g.tiles_x * g.tile_w;
+  // The thread's pixels: lane_p, lane_p + pixel_lanes, ... of the tile (row-major), walked as
+  // (row, column) without a division per pixel.
+  int py = lane_p / g.tile_w, px = lane_p - py * g.tile_w;
+  const int step_y = pixel_lanes / g.tile_w, step_x = pixel_lanes - step_y * g.tile_w;
+#pragma unroll 1
+  for (int p = lane_p; p < g.tile_w * g.tile_h; p += pixel_lanes) {
+    const int oy = y0 + py, ox = x0 + px;
+    if (oy < g.Ho && ox < g.Wo) forward_pixel<scalar_t, M, K, S, V>(x, sf, out, f, g, tt, oy, ox);
+    py += step_y, px += step_x;
+    if (px >= g.tile_w) px -= g.tile_w, ++py;
+  }
+}
+
+}  // namespace nhwc
+}  // namespace cuda
+}  // namespace ddf
