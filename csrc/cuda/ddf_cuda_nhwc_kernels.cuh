@@ -117,6 +117,18 @@ __device__ __forceinline__ void load_filters(const float* ft, float (&fv)[V]) {
   }
 }
 
+// One tap of a pixel: the thread's V channels of input at p times their combined filters
+// (ft: the tap's staged channel filters, s: its spatial-filter value), added to acc.
+template <typename scalar_t, Combine M, int V>
+__device__ __forceinline__ void add_tap(const scalar_t* p, const float* ft, float s, float (&acc)[V]) {
+  ChannelVector<scalar_t, V> in;
+  in.load(p);
+  float fv[V];
+  load_filters<V>(ft, fv);
+#pragma unroll
+  for (int u = 0; u < V; ++u) acc[u] += in.v[u] * combine_filters<M>(fv[u], s);
+}
+
 // Tap rows a pixel's loop unrolls: all three for k = 3 (every tap's loads in flight at once),
 // one at a time for k = 5, 7 (all 25 or 49 in flight took 128+ registers and spilled).
 template <int K>
@@ -159,12 +171,7 @@ __device__ __forceinline__ void interior_pixel(const scalar_t* __restrict__ x, c
     load_taps<scalar_t, K>(sf + (sf_pixel + i * K * (kTapsContiguous ? 1 : g.sc)), kTapsContiguous ? 1 : g.sc, taps);
 #pragma unroll
     for (int j = 0; j < K; ++j) {
-      ChannelVector<scalar_t, V> in;
-      in.load(row + tt.col[j]);
-      float fv[V];
-      load_filters<V>(f + (i * K + j) * V, fv);
-#pragma unroll
-      for (int u = 0; u < V; ++u) acc[u] += in.v[u] * combine_filters<M>(fv[u], taps[j]);
+      add_tap<scalar_t, M, V>(row + tt.col[j], f + (i * K + j) * V, taps[j], acc);
     }
   }
 }
@@ -186,12 +193,7 @@ __device__ __forceinline__ void border_pixel(const scalar_t* __restrict__ x, con
     for (int j = 0; j < K; ++j) {
       const int ix = ix0 + j * g.dilation;
       if (unsigned(ix) >= unsigned(g.W)) continue;
-      ChannelVector<scalar_t, V> in;
-      in.load(x + (row + ix * g.xw));
-      float fv[V];
-      load_filters<V>(f + (i * K + j) * V, fv);
-#pragma unroll
-      for (int u = 0; u < V; ++u) acc[u] += in.v[u] * combine_filters<M>(fv[u], taps[j]);
+      add_tap<scalar_t, M, V>(x + (row + ix * g.xw), f + (i * K + j) * V, taps[j], acc);
     }
   }
 }
