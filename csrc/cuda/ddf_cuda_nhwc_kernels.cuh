@@ -1,4 +1,4 @@
-// The channels_last (NHWC) CUDA forward: input and output with channel stride 1, k in {3,5,7}
+// The channels_last (NHWC) CUDA forward: input with channel stride 1, k in {3,5,7}
 // and stride 1 or 2 at compile time, any dilation, float32/float16/bfloat16, 32-bit indexing.
 // ddf_cuda_nhwc_plan.h says which calls qualify and sizes the launch. Device code only, so the
 // host emulator (tests/cuda_emulation) runs this same source.
@@ -7,8 +7,8 @@
 // taps of a pixel are shared by all of the head's channels. A block covers (batch b, a run of
 // block_channels channels, a tile of output pixels). Its threads are channel_lanes x pixel
 // lanes; each thread holds `V` channels of one head (a 16-byte vector: 4 floats or 8 halves;
-// 1 when alignment or the head size forbids) and computes them for kPixelsPerThread pixels of
-// the tile, one after another:
+// 1 when alignment, the head size or the output's strides forbid) and computes them for up to
+// kMaxPixelsPerThread pixels of the tile, one after another:
 //   - the block stages the channel filters of its channels once, as float, each channel
 //     lane's [k*k][V] together, so a tap of a thread's V channels is one or two 16-byte shared
 //     loads at a compile-time offset (a broadcast across the pixel lanes);
@@ -17,7 +17,7 @@
 //     16-byte vector of input straight from global memory: the k*k re-reads of an input vector
 //     by neighbouring pixels hit L1 (a block's tile is near-square), no staging or barrier;
 //   - accumulates in float32, taps in order from +0 (as the reference), and stores V outputs
-//     as one 16-byte vector.
+//     as one 16-byte vector (one output, with the output's strides, when V is 1).
 // Taps outside the image are skipped, not multiplied by a zero: a non-finite filter value
 // reaches only the outputs whose taps read the image (conv2d's rule), with no separate path.
 #pragma once
@@ -233,7 +233,7 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocks<K, V>) nhwc_forward_
     NhwcGeometry g) {
   constexpr int KK = K * K;
   constexpr int kLaneFloats = lane_filter_floats(K, V);
-  // Per channel lane, its channels' filters [KK][V] (lane_filter_floats), 0 past the last channel.
+  // Per channel lane, its channels' filters [KK][V] (lane_filter_floats).
   DDF_DYNAMIC_SHARED(float, filters);
   const int b = blockIdx.z, c_block = int(blockIdx.y) * g.block_channels;
   const int block_channels = std::min(g.block_channels, g.C - c_block);
