@@ -236,42 +236,14 @@ cross-aarch64: $(VENV)/.installed
 	$(CROSS_CXX:g++=objdump) -d $(CROSS_DIR)/ddf_cpu.cpp.o | grep -qE 'fmla[[:space:]]+v[0-9]+\.4s'
 	@echo "cross-aarch64: OK (NEON fmla in the CPU kernels)"
 
-# For a GPU machine that already has torch (and no internet): no venv, no downloads.
+# For a GPU machine that already has torch (and no internet): no venv, no downloads. The stages
+# (build, CUDA correctness, benchmark, compute-sanitizer memcheck/racecheck/synccheck where the
+# toolkit has it, an optional Nsight Compute profile, the rest of `pytest -m cuda`), their time
+# limits and knobs are in tools/gpu_check.sh; the log is gpu-check.log, each stage's also
+# gpu-<stage>.log.
 GPU_PYTHON ?= python3
-# Then compute-sanitizer (the CUDA toolkit's; $CUDA_HOME/bin, /usr/local/cuda/bin or PATH),
-# when there is one: memcheck, racecheck and synccheck over the CUDA-only tests that launch
-# the kernels (CPU agreement in every dtype and layout, the shared-memory edge case of 49,152
-# bytes, determinism, huge grids; GPU_SANITIZER_TESTS and GPU_SANITIZER_SELECT, pytest's
-# paths and -k, override), checking only this
-# library's kernels (kns=ddf4cuda, the namespace in their mangled names). torch's caching
-# allocator is off there, so that memcheck sees each tensor's own bounds. Without
-# compute-sanitizer the log and the last line say so: that part was not run.
 gpu-check:
-	set -o pipefail; { \
-	  echo "== gpu-check $$(date -u +%Y-%m-%dT%H:%MZ)"; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; \
-	  $(GPU_PYTHON) -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name())'; \
-	  $(GPU_PYTHON) setup.py --quiet build_ext --inplace && \
-	  $(GPU_PYTHON) -m pytest tests -m cuda -rs -q $(PYTEST_ARGS) ; tests=$$?; \
-	  sanitizer=""; for s in "$${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer" /usr/local/cuda/bin/compute-sanitizer "$$(command -v compute-sanitizer)"; do \
-	    if [ -n "$$s" ] && [ -x "$$s" ]; then sanitizer="$$s"; break; fi; done; \
-	  san_tests="$${GPU_SANITIZER_TESTS:-tests/test_cuda.py}"; \
-	  san_select="$${GPU_SANITIZER_SELECT:-agreement or shared_memory_edge or deterministic or more_rows}"; \
-	  if [ -n "$$sanitizer" ]; then \
-	    sanitized="exit"; \
-	    for tool in memcheck racecheck synccheck; do \
-	      echo "== gpu-check: $$sanitizer --tool $$tool over $$san_tests -k '$$san_select'"; \
-	      PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$$sanitizer" --tool $$tool --kernel-name kns=ddf4cuda --error-exitcode 86 \
-	        $(GPU_PYTHON) -m pytest -q -p no:cacheprovider $$san_tests -k "$$san_select"; \
-	      status=$$?; sanitized="$$sanitized $$tool=$$status"; [ $$status -eq 0 ] || san_failed=1; \
-	    done; \
-	  else \
-	    sanitized="NOT RUN (no compute-sanitizer in $${CUDA_HOME:-/usr/local/cuda}/bin, /usr/local/cuda/bin or PATH)"; \
-	    echo "== gpu-check: compute-sanitizer not found: memcheck, racecheck and synccheck were NOT run"; \
-	  fi; \
-	  $(GPU_PYTHON) -m benchmarks.bench_gpu; bench=$$?; \
-	  echo "== gpu-check: cuda tests exit $$tests, compute-sanitizer $$sanitized, benchmark exit $$bench"; \
-	  test $$tests -eq 0 -a $$bench -eq 0 -a -z "$$san_failed"; \
-	} 2>&1 | tee gpu-check.log
+	set -o pipefail; GPU_PYTHON=$(GPU_PYTHON) bash tools/gpu_check.sh 2>&1 | tee gpu-check.log
 
 clean:
 	rm -rf build ddf_ops/_C*.so *.egg-info

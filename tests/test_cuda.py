@@ -113,3 +113,42 @@ def test_shared_memory_edge(dtype):
     tol = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}[dtype]
     for a, b in zip((out, *grads), (out_c, *grads_c)):
         torch.testing.assert_close(b.cpu().double(), a.double(), rtol=tol, atol=tol * max(1.0, a.abs().max().item()))
+
+
+# Calls of network size on the GPU, in both layouts: the tiled kernels with several tiles, several
+# channel steps per block (their step loops turn, as they never do at the sizes above), full
+# waves and the last wave's tail, against the float64 reference computed on the GPU from the
+# same (rounded) inputs. (B, C, size, k, heads, stride, dilation, combine)
+NETWORK_CALLS = [
+    (8, 64, 56, 3, 1, 1, 1, "mul"),  # ResNet-50 stage 1
+    (8, 128, 28, 3, 1, 2, 1, "mul"),  # a stride-2 first block
+    (8, 256, 14, 5, 4, 1, 2, "add"),
+    (8, 512, 7, 7, 8, 1, 1, "mul"),
+    (3, 37, 33, 3, 37, 2, 2, "mul"),  # odd sizes, heads of one channel, C not a vector multiple
+]
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("call", NETWORK_CALLS, ids=lambda c: "B{}_C{}_{}x{}_k{}_G{}_s{}_d{}_{}".format(c[0], c[1], c[2], c[2], *c[3:]))
+def test_network_sized_calls_match_the_float64_reference(call, dtype, layout):
+    B, C, size, k, G, stride, dilation, combine = call
+    x, cf, sf = make_inputs(B, C, size, size, k, G, stride, dtype, "cuda", layout, requires_grad=True, seed=size)
+    go = torch.randn(sf.shape[0], C, sf.shape[2], sf.shape[3], device="cuda").to(dtype)
+    if layout == "channels_last":
+        go = go.contiguous(memory_format=torch.channels_last)
+    forward_path = torch.ops.ddf._cuda_plan(x, cf, sf, stride, dilation, combine, None)
+    backward_path = torch.ops.ddf._cuda_plan(x, cf, sf, stride, dilation, combine, go)
+    assert forward_path.startswith("tiled_nhwc" if layout == "channels_last" else "tiled"), forward_path
+    assert "generic" not in backward_path, backward_path
+    out = ddf_ops.ddf(x, cf, sf, stride, dilation, combine)
+    grads = torch.autograd.grad(out, (x, cf, sf), go)
+    leaves = [t.detach().double().requires_grad_() for t in (x, cf, sf)]
+    expected_out = ddf_ops.reference.ddf(*leaves, stride, dilation, combine)
+    expected = (expected_out, *torch.autograd.grad(expected_out, leaves, go.double()))
+    torch.cuda.synchronize()
+    tol = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 4e-3}[dtype]
+    for name, actual, wanted in zip(("out", "grad_input", "grad_channel", "grad_spatial"), (out, *grads), expected):
+        torch.testing.assert_close(
+            actual.double(), wanted, rtol=tol, atol=tol * wanted.abs().max().item(), msg=lambda m: f"{name} ({forward_path}; {backward_path}): {m}"
+        )
