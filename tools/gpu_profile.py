@@ -1,8 +1,14 @@
 """What `make gpu-check` profiles with Nsight Compute (GPU_PROFILE=1): one forward and one
-backward of ddf at each of ResNet-50's four shapes (B=64, k=3, s=1, one head, mul), in both
-layouts, float32 and bfloat16. It prints each call before making it, so that ncu's rows (one per
-kernel launch, in launch order) can be matched to the calls."""
+backward of ddf at ResNet-50's shapes (B=64, k=3, s=1, one head, mul), in both layouts,
+float32 and bfloat16 (the arguments narrow this down, for a closer look at a few kernels). It
+prints each call before making it, so that ncu's rows (one per kernel launch, in launch order)
+can be matched to the calls.
 
+    python -m tools.gpu_profile [--stages 0 1 2 3] [--layouts nchw channels_last]
+                                [--dtypes float32 bfloat16] [--forward-only]
+"""
+
+import argparse
 import itertools
 
 import torch
@@ -10,19 +16,31 @@ import torch
 import ddf_ops
 from benchmarks.common import RESNET50_STAGES, Case, ddf_inputs
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
 
 def main():
-    for layout, dtype, (C, size) in itertools.product(("nchw", "channels_last"), (torch.float32, torch.bfloat16), RESNET50_STAGES):
-        case = Case(64, C, size, dtype=dtype, device="cuda", channels_last=layout == "channels_last")
-        x, cf, sf = ddf_inputs(case, requires_grad=True)
-        go = torch.randn(x.shape, device="cuda", dtype=dtype).contiguous(memory_format=x.suggest_memory_format())
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stages", type=int, nargs="*", default=[0, 1, 2, 3])
+    parser.add_argument("--layouts", nargs="*", default=["nchw", "channels_last"], choices=["nchw", "channels_last"])
+    parser.add_argument("--dtypes", nargs="*", default=["float32", "bfloat16"], choices=list(DTYPES))
+    parser.add_argument("--forward-only", action="store_true")
+    args = parser.parse_args()
+    for layout, dtype_name, stage in itertools.product(args.layouts, args.dtypes, args.stages):
+        dtype = DTYPES[dtype_name]
+        case = Case(64, *RESNET50_STAGES[stage], dtype=dtype, device="cuda", channels_last=layout == "channels_last")
+        x, cf, sf = ddf_inputs(case, requires_grad=not args.forward_only)
+        memory_format = torch.channels_last if case.channels_last else torch.contiguous_format
+        go = torch.randn(x.shape, device="cuda", dtype=dtype).contiguous(memory_format=memory_format)
         torch.cuda.synchronize()
         print(f"call: forward {layout} {dtype} {case.label}: {torch.ops.ddf._cuda_plan(x, cf, sf, 1, 1, 'mul', None)}", flush=True)
         out = ddf_ops.ddf(x, cf, sf)
         torch.cuda.synchronize()
-        print(f"call: backward {layout} {dtype} {case.label}: {torch.ops.ddf._cuda_plan(x, cf, sf, 1, 1, 'mul', go)}", flush=True)
-        torch.autograd.grad(out, (x, cf, sf), go)
-        torch.cuda.synchronize()
+        if not args.forward_only:
+            print(f"call: backward {layout} {dtype} {case.label}: {torch.ops.ddf._cuda_plan(x, cf, sf, 1, 1, 'mul', go)}", flush=True)
+            torch.autograd.grad(out, (x, cf, sf), go)
+            torch.cuda.synchronize()
+
 
 if __name__ == "__main__":
     main()
