@@ -27,8 +27,12 @@ INDUCTOR = "reference (Inductor)"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def time_ms(fn, reps: int) -> float:
-    """Median of `reps` timings with CUDA events, after warm-up (and compilation)."""
+def time_ms(fn, reps: int, calls: int = 10) -> float:
+    """Median over `reps` samples, with CUDA events, of the time per call of `calls` calls made
+    back to back, after warm-up (and compilation). Back to back, as in a training step: the
+    host launches the next call while the GPU runs this one, so a call costs its GPU time
+    unless the host takes longer to launch it. (One call between two events, on an idle GPU,
+    adds the host's launch latency to every sample: at 7x7 that was most of the figure.)"""
     for _ in range(5):
         fn()
     torch.cuda.synchronize()
@@ -36,10 +40,11 @@ def time_ms(fn, reps: int) -> float:
     for _ in range(reps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        fn()
+        for _ in range(calls):
+            fn()
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end))
+        times.append(start.elapsed_time(end) / calls)
     return statistics.median(times)
 
 
@@ -47,7 +52,7 @@ def copy_bandwidth_gbs(reps: int) -> float:
     """Device-to-device copy rate, counting bytes read and written."""
     src = torch.empty(512 * 2**20, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
-    ms = time_ms(lambda: dst.copy_(src), reps)
+    ms = time_ms(lambda: dst.copy_(src), reps, calls=1)
     return 2 * src.numel() / ms / 1e6
 
 

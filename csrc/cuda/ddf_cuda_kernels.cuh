@@ -38,6 +38,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "../ddf_elementwise.h"
 #include "../ddf_geometry.h"
@@ -59,6 +60,27 @@ struct ScalarConvert<__nv_bfloat16> {
 };
 
 namespace cuda {
+
+// A zero of scalar_t; for the half types, all-zero bits.
+template <typename scalar_t>
+__device__ __forceinline__ scalar_t zero_value() {
+  if constexpr (std::is_same_v<scalar_t, __half>) {
+    return __ushort_as_half(0);
+  } else if constexpr (std::is_same_v<scalar_t, __nv_bfloat16>) {
+    return __ushort_as_bfloat16(0);
+  } else {
+    return scalar_t(0);
+  }
+}
+
+// Loads that go out together are written in two phases: the guarded loads of raw values
+// (`guard ? p[i] : zero_value<scalar_t>()`) into an array, then the widening of the array to
+// float. Written as one phase (`guard ? widen(p[i]) : 0.f`), ptxas put each half or bfloat16
+// value's conversion under its guard right after its load, reusing the register, so each load
+// waited for the one before: one round trip to memory per value instead of one per batch.
+// On an H200 that made the half-precision tiled kernels run at half the speed of the float32
+// ones (Nsight Compute, 2026-12-04: 12.7 of 24 cycles per instruction waiting on L1TEX).
+// float is unchanged (the widening is a copy).
 
 constexpr int kThreads = 256;
 constexpr int kReduceThreads = 256;

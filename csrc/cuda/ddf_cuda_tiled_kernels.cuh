@@ -105,7 +105,7 @@ __device__ __forceinline__ void stage_channel_filters(const scalar_t* cf, Stride
   int mask = 0;
 #pragma unroll
   for (int u0 = 0; u0 < kLaneChannels; u0 += kBatch) {
-    float v[kBatch][kRounds];
+    scalar_t raw[kBatch][kRounds];  // two phases: see zero_value()
 #pragma unroll
     for (int round = 0; round < kRounds; ++round) {
       const int tap = t + 32 * round;
@@ -113,8 +113,14 @@ __device__ __forceinline__ void stage_channel_filters(const scalar_t* cf, Stride
       // per channel.
       const int64_t at = cs.offset(b, ls.c0 + u0, tap / K, tap % K);
 #pragma unroll
-      for (int du = 0; du < kBatch; ++du) v[du][round] = u0 + du < ls.active && tap < KK ? widen(cf[at + du * cs.c]) : 0.f;
+      for (int du = 0; du < kBatch; ++du)
+        raw[du][round] = u0 + du < ls.active && tap < KK ? cf[at + du * cs.c] : zero_value<scalar_t>();
     }
+    float v[kBatch][kRounds];
+#pragma unroll
+    for (int du = 0; du < kBatch; ++du)
+#pragma unroll
+      for (int round = 0; round < kRounds; ++round) v[du][round] = widen(raw[du][round]);
     // (No `break` here: the loops unroll fully, so v stays in registers; u < active is the
     // same for the whole warp, so the vote stays converged.)
 #pragma unroll
@@ -184,8 +190,11 @@ __device__ __forceinline__ HaloSlots<N> find_halo_slots(const Halo& hl) {
 template <typename scalar_t>
 __device__ __forceinline__ void load_channels(const scalar_t* first, int plane_elems, int active, int src,
                                               float (&v)[kLaneChannels]) {
+  scalar_t raw[kLaneChannels];  // two phases: see zero_value()
 #pragma unroll
-  for (int u = 0; u < kLaneChannels; ++u) v[u] = src >= 0 && u < active ? widen(first[u * plane_elems + src]) : 0.f;
+  for (int u = 0; u < kLaneChannels; ++u) raw[u] = src >= 0 && u < active ? first[u * plane_elems + src] : zero_value<scalar_t>();
+#pragma unroll
+  for (int u = 0; u < kLaneChannels; ++u) v[u] = widen(raw[u]);
 }
 
 __device__ __forceinline__ void store_channels(const float (&v)[kLaneChannels], int active, float* dst, int tile_floats) {
@@ -324,7 +333,7 @@ __global__ void __launch_bounds__(kBlockThreads, K == 3 ? 3 : (K == 5 ? 2 : 1)) 
   const int HW = g.H * g.W, HoWo = g.Ho * g.Wo;
 
   // This pixel's spatial-filter taps, 0 at taps outside the image.
-  float s[KK];
+  scalar_t raw[KK];  // two phases: see zero_value()
 #pragma unroll
   for (int i = 0; i < K; ++i) {
     const int iy = oy * S + i * d - g.pad;
@@ -332,9 +341,12 @@ __global__ void __launch_bounds__(kBlockThreads, K == 3 ? 3 : (K == 5 ? 2 : 1)) 
     for (int j = 0; j < K; ++j) {
       const int ix = ox * S + j * d - g.pad;
       const bool inside = pixel && iy >= 0 && iy < g.H && ix >= 0 && ix < g.W;
-      s[i * K + j] = inside ? widen(sf[((t.b * g.G + t.h) * KK + i * K + j) * HoWo + oy * g.Wo + ox]) : 0.f;
+      raw[i * K + j] = inside ? sf[((t.b * g.G + t.h) * KK + i * K + j) * HoWo + oy * g.Wo + ox] : zero_value<scalar_t>();
     }
   }
+  float s[KK];
+#pragma unroll
+  for (int tap = 0; tap < KK; ++tap) s[tap] = widen(raw[tap]);
   // The pixel's first tap in group 0's tile.
   const float* xt = x_tiles + (threadIdx.y * S * hw + threadIdx.x * S) * kGroupChannels;
 
@@ -433,7 +445,7 @@ __global__ void __launch_bounds__(kBlockThreads, K == 3 ? 3 : 1) tiled_grad_inpu
   // This element's spatial-filter value per tap, read once for all the block's channels: tap
   // (i, j) of output pixel (y, x) reads it when y * S = iy + pad - i * d and likewise for x,
   // inside grad_output; 0 otherwise (all loads in flight together).
-  float s[KK];
+  scalar_t raw[KK];  // two phases: see zero_value()
 #pragma unroll
   for (int i = 0; i < K; ++i) {
     const int py = iy + g.pad - i * d, y = py >> (S - 1);
@@ -442,9 +454,12 @@ __global__ void __launch_bounds__(kBlockThreads, K == 3 ? 3 : 1) tiled_grad_inpu
     for (int j = 0; j < K; ++j) {
       const int px = ix + g.pad - j * d, xo = px >> (S - 1);
       const bool inside = row && !(S == 2 && (px & 1)) && xo >= 0 && xo < g.Wo;
-      s[i * K + j] = inside ? widen(sf[((t.b * g.G + t.h) * KK + i * K + j) * HoWo + y * g.Wo + xo]) : 0.f;
+      raw[i * K + j] = inside ? sf[((t.b * g.G + t.h) * KK + i * K + j) * HoWo + y * g.Wo + xo] : zero_value<scalar_t>();
     }
   }
+  float s[KK];
+#pragma unroll
+  for (int tap = 0; tap < KK; ++tap) s[tap] = widen(raw[tap]);
   const Halo halo{g.Ho, g.Wo, oy_lo, ox_lo, g.halo_h, hw};
   const auto slots = find_halo_slots<halo_slots(Kernel::GradInput)>(halo);
   const int steps = g.split_channels / (int(blockDim.z) * g.lane_channels);
@@ -580,7 +595,8 @@ __global__ void __maxnreg__(K == 3 ? 128 : (K == 5 ? 200 : 255)) tiled_filter_gr
   const int ox = t.x0 + threadIdx.x, oy0 = t.y0 + threadIdx.y * R;
 
   // dF/dcf at each tap of each pixel ("mul": the spatial filter, 0 outside the image).
-  float s[M == Combine::Mul ? R * KK : 1];
+  constexpr int kTaps = M == Combine::Mul ? R * KK : 1;
+  scalar_t raw_s[kTaps];  // two phases: see zero_value()
   bool row_pixel[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) {
@@ -593,9 +609,15 @@ __global__ void __maxnreg__(K == 3 ? 128 : (K == 5 ? 200 : 255)) tiled_filter_gr
         for (int j = 0; j < K; ++j) {
           const int iy = oy * S + i * d - g.pad, ix = ox * S + j * d - g.pad;
           const bool inside = row_pixel[r] && want_channel && iy >= 0 && iy < g.H && ix >= 0 && ix < g.W;
-          s[r * KK + i * K + j] = inside ? widen(sf[((t.b * g.G + t.h) * KK + i * K + j) * HoWo + oy * g.Wo + ox]) : 0.f;
+          raw_s[r * KK + i * K + j] =
+              inside ? sf[((t.b * g.G + t.h) * KK + i * K + j) * HoWo + oy * g.Wo + ox] : zero_value<scalar_t>();
         }
     }
+  }
+  float s[kTaps];
+  if constexpr (M == Combine::Mul) {
+#pragma unroll
+    for (int tap = 0; tap < kTaps; ++tap) s[tap] = widen(raw_s[tap]);
   }
   float gs[R * KK];
 #pragma unroll
@@ -615,12 +637,17 @@ __global__ void __maxnreg__(K == 3 ? 128 : (K == 5 ? 200 : 255)) tiled_filter_gr
     stage_planes(ls.active > 0 ? x + (t.b * g.C + ls.c0) * HW : x, HW, ls.active, halo, slots, x_tiles, plane);
     // This thread's grad_output values of the step, and whether any is not finite.
     // All the step's loads before the first store: one round trip to memory, not one per value.
-    float gv_step[kLaneChannels][R];
+    scalar_t raw[kLaneChannels][R];  // two phases: see zero_value()
 #pragma unroll
     for (int u = 0; u < kLaneChannels; ++u)
 #pragma unroll
       for (int r = 0; r < R; ++r)
-        gv_step[u][r] = u < ls.active && row_pixel[r] ? widen(go[(t.b * g.C + ls.c0 + u) * HoWo + (oy0 + r) * g.Wo + ox]) : 0.f;
+        raw[u][r] = u < ls.active && row_pixel[r] ? go[(t.b * g.C + ls.c0 + u) * HoWo + (oy0 + r) * g.Wo + ox] : zero_value<scalar_t>();
+    float gv_step[kLaneChannels][R];
+#pragma unroll
+    for (int u = 0; u < kLaneChannels; ++u)
+#pragma unroll
+      for (int r = 0; r < R; ++r) gv_step[u][r] = widen(raw[u][r]);
     bool finite = true;
 #pragma unroll
     for (int u = 0; u < kLaneChannels; ++u) {
