@@ -3,6 +3,11 @@ torch.ops.ddf._cuda_tiled_plan), its SASS loop analysis, each effect of the cons
 estimate (pure functions, hand-computed cases), and a run on the built library (a CUDA build:
 the cubins are read, no GPU is needed)."""
 
+import functools
+import re
+import subprocess
+from collections import defaultdict
+
 import pytest
 import torch
 
@@ -348,15 +353,36 @@ def test_a_tiled_forward_block_by_hand():
     assert (t.full_waves, t.tail_per_sm) == (4, 2)
 
 
-def built_library_with_cubins():
-    """The built library and cuobjdump, or a (visible) skip when there are no cubins to model."""
+@functools.lru_cache(maxsize=1)
+def _library_with_cubins():
     library = cr.default_library()
     cuobjdump = cr.find_tool("cuobjdump", "CUOBJDUMP")
     if torch.version.cuda is None or library is None or cuobjdump is None:
-        pytest.skip("needs a CUDA build of the library and cuobjdump (the model reads its cubins)")
+        return None, "needs a CUDA build of the library and cuobjdump (the model reads its cubins)"
     if cr.analyze_library(library).cpu_only:
-        pytest.skip("CPU-only build of the library: no cubins to model")
-    return library, cuobjdump
+        return None, "CPU-only build of the library: no cubins to model"
+    return (library, cuobjdump), None
+
+
+def built_library_with_cubins():
+    """The built library and cuobjdump, or a (visible) skip when there are no cubins to model
+    (looked up once per session: analyze_library runs cuobjdump)."""
+    found, why_not = _library_with_cubins()
+    if found is None:
+        pytest.skip(why_not)
+    return found
+
+
+@functools.lru_cache(maxsize=1)
+def _sm90_functions(library: str, cuobjdump: str):
+    # cuobjdump -sass of every kernel is about 110 MB of text (15 s): once per session.
+    text = subprocess.run([cuobjdump, "-sass", "-arch", "sm_90", library], capture_output=True, text=True).stdout
+    return gm.sass_functions(text)
+
+
+def built_sm90_functions():
+    """The built library's sm_90 SASS per kernel (gm.sass_functions), or a visible skip."""
+    return _sm90_functions(*built_library_with_cubins())
 
 
 # A channels_last forward's SASS (sm_90 syntax): the staging loop unrolled by two (2 loads a
@@ -436,10 +462,8 @@ def test_model_on_the_built_library(capsys):
 
 def test_model_columns_on_the_built_library():
     library, cuobjdump = built_library_with_cubins()
-    import subprocess
-    text = subprocess.run([cuobjdump, "-sass", "-arch", "sm_90", library], capture_output=True, text=True).stdout
+    funcs = built_sm90_functions()
     res = cr.parse_res_usage(subprocess.run([cuobjdump, "-res-usage", library], capture_output=True, text=True).stdout)
-    funcs = gm.sass_functions(text)
     rows = gm.model(funcs, res, "float32", gm.H100_SXM)
     summary = {(s["shape"], s["design"]): s for s in gm.summarize(rows)}
     for C, S in gm.SHAPES:
@@ -454,3 +478,52 @@ def test_model_columns_on_the_built_library():
         kernels = [r.kernel for r in s["backward"]]
         assert kernels[:2] == ["grad_input", "filter_grads"]
         assert s["cons_backward_us"] >= len(kernels) * 3.0
+
+
+# Half-precision loads batched as the float32 ones (measured on an H200, 2026-12-04: written as
+# `guard ? widen(p[i]) : 0.f`, every half and bfloat16 staging load waited for the one before,
+# and the tiled kernels ran at half the float32 speed; csrc/cuda/ddf_cuda_kernels.cuh,
+# zero_value()).
+SERIALIZED_SASS = """
+        Function : serialized
+        /*0000*/              @!P4 LDG.E.U16.CONSTANT R16, desc[UR8][R16.64] ;
+        /*0010*/              @!P4 IMAD.U32 R7, R16, 0x10000, RZ ;
+        /*0020*/                   ISETP.LT.U32.OR P4, PT, R15, 0x5, P2 ;
+        /*0030*/              @!P4 LDG.E.U16.CONSTANT R16, desc[UR8][R18.64] ;
+        /*0040*/                   STS [R3], R16 ;
+        /*0050*/                   LDG.E.64 R20, desc[UR8][R4.64] ;
+        /*0060*/                   FADD R9, R21, R9 ;
+        /*0070*/                   LDG.E R22, desc[UR8][R4.64] ;
+        /*0080*/                   EXIT ;
+        Function : batched
+        /*0000*/              @!P1 LDG.E.U16.CONSTANT R51, desc[UR8][R4.64] ;
+        /*0010*/              @!P2 LDG.E.U16.CONSTANT R50, desc[UR8][R20.64] ;
+        /*0020*/                   IMAD.WIDE R4, R51, 0x4, R6 ;
+        /*0030*/              @!P3 LDG.E.U16.CONSTANT R49, desc[UR8][R4.64] ;
+        /*0040*/                   EXIT ;
+"""
+
+
+def test_serialized_loads_on_sass_snippets():
+    funcs = gm.sass_functions(SERIALIZED_SASS)
+    # serialized: the first load's R16 is read by the IMAD, the second's by the STS (a store:
+    # every operand is a source), the 64-bit load's R21 by the FADD; the last load has no next.
+    assert gm.serialized_loads(funcs["serialized"]) == 3
+    # batched: R51 is read (the IMAD), but only after the second load went out; the IMAD's
+    # destination R4 is no read of the first load's address.
+    assert gm.serialized_loads(funcs["batched"]) == 0
+
+
+def test_half_precision_loads_go_out_together_as_float32_ones():
+    """Every kernel's float16 and bfloat16 variants have at most 3 loads more that wait for the
+    one before than its float32 variant (sm_90 cubins). Before the two-phase loads, the tiled
+    kernels' half variants had 16 to 37 more (their staging: 17-46 against 1-9)."""
+    variants = defaultdict(dict)
+    for name, insns in built_sm90_functions().items():
+        m = re.match(r"^(.*?_kernelI)(f|6__half|13__nv_bfloat16)(.*?)EEv", name)
+        if m:
+            variants[m.group(1) + m.group(3)][m.group(2)] = gm.serialized_loads(insns)
+    pairs = [(key, half, v[half] - v["f"]) for key, v in variants.items() if "f" in v for half in ("6__half", "13__nv_bfloat16") if half in v]
+    assert len(pairs) >= 100, len(pairs)  # every templated kernel, both half types
+    worse = [p for p in pairs if p[2] > 3]
+    assert not worse, worse

@@ -240,6 +240,51 @@ def _target(rest: str) -> Optional[int]:
     return int(m.group(1), 16) if m else None
 
 
+_REG = re.compile(r"\bR(\d+)\b")
+_WIDTH_REGS = {".64": 2, ".128": 4}
+
+
+def _load_destination(op: str, rest: str) -> List[int]:
+    """The registers a global load writes (LDG.E.64 R4 writes R4 and R5)."""
+    operands = rest[rest.index(" ") + 1:] if _predicated(rest) else rest
+    m = _REG.match(operands.strip())
+    if not m:
+        return []
+    width = next((n for suffix, n in _WIDTH_REGS.items() if suffix in op), 1)
+    return list(range(int(m.group(1)), int(m.group(1)) + width))
+
+
+def _reads(op: str, rest: str, regs: List[int]) -> bool:
+    """Whether an instruction reads any of regs: a source operand (past the first, which is the
+    destination, except for stores and branches, which have none)."""
+    operands = rest[rest.index(" ") + 1:] if _predicated(rest) else rest
+    parts = operands.split(",")
+    sources = parts if op.startswith(("ST", "RED", "BRA", "EXIT", "BAR")) else parts[1:]
+    found = {int(r) for part in sources for r in _REG.findall(part)}
+    # A 64-bit address operand (R4.64) reads R4 and R5.
+    found |= {int(r) + 1 for part in sources for r in re.findall(r"\bR(\d+)\.64\b", part)}
+    return any(r in found for r in regs)
+
+
+def serialized_loads(insns: List[Tuple[int, str, str]]) -> int:
+    """Global loads (LDG) whose value is read before the next global load is issued, in program
+    order: each such load makes the next one wait a round trip to memory when the two could
+    have gone out together. ptxas did this to every half-precision staging load written as
+    `guard ? widen(p[i]) : 0.f` (a conversion under the guard, right after its load): the
+    tiled kernels ran at half the float32 speed on an H200. Counted on straight-line order, so
+    it is a comparison between variants of one kernel, not an exact count of round trips."""
+    count = 0
+    loads = [i for i, (_, op, _) in enumerate(insns) if op.startswith("LDG")]
+    for n, i in enumerate(loads):
+        end = loads[n + 1] if n + 1 < len(loads) else None
+        if end is None:
+            continue
+        regs = _load_destination(insns[i][1], insns[i][2])
+        if regs and any(_reads(op, rest, regs) for _, op, rest in insns[i + 1:end]):
+            count += 1
+    return count
+
+
 def cheapest_full_path(insns: List[Tuple[int, str, str]], start: int, end: int, work: str = "FFMA") -> Tuple[int, int]:
     """Over straight-line code with forward branches only, [start, end]: of the paths from
     start to its end, the one that runs the most `work` instructions and, of those, the fewest
