@@ -213,3 +213,22 @@ def test_registered_at_autograd_and_functorch_keys():
     for name in ("ddf::ddf", "ddf::ddf_backward"):
         for key in ("Autograd", "FuncTorchDynamicLayerFrontMode"):
             assert torch._C._dispatch_has_kernel_for_dispatch_key(name, key), (name, key)
+
+
+def test_function_apply_does_not_rebuild_the_forward_signature():
+    """Function.apply binds default arguments through inspect.signature(forward) on every call;
+    the forwards carry a precomputed signature (_transforms.py), which inspect returns as it is
+    instead of rebuilding it from the function (half the Python forward's host time)."""
+    import inspect
+    from unittest import mock
+
+    x, cf, sf = make_inputs(1, 4, 5, 5, requires_grad=True)
+
+    def step():
+        out = ddf_ops.ddf(x, cf, sf)
+        (gx, _, _) = torch.autograd.grad(out, (x, cf, sf), torch.ones_like(out), create_graph=True)
+        torch.autograd.grad(gx.sum(), (x, cf, sf), allow_unused=True)  # DDFBackwardFunction too
+
+    step()  # the first call imports modules that read signatures once
+    with mock.patch.object(inspect, "_signature_from_function", side_effect=AssertionError("signature rebuilt")):
+        step()
