@@ -64,6 +64,7 @@ if [ "${status[build]}" -eq 0 ]; then
             stage profile "$ncu" --clock-control none --kernel-name-base mangled --kernel-name regex:ddf4cuda \
                 --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,smsp__inst_executed.sum,sm__warps_active.avg.pct_of_peak_sustained_active,launch__registers_per_thread,launch__grid_size,launch__block_size,sm__throughput.avg.pct_of_peak_sustained_elapsed,dram__throughput.avg.pct_of_peak_sustained_elapsed,launch__shared_mem_per_block_dynamic \
                 --csv $PY -m tools.gpu_profile
+            $PY -m tools.gpu_profile --summarize "$LOG_DIR/gpu-profile.log"
         else
             echo "== gpu-check: GPU_PROFILE=1 but no ncu: profile NOT run"
             status[profile]="NOT-RUN"

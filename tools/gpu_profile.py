@@ -6,10 +6,14 @@ can be matched to the calls.
 
     python -m tools.gpu_profile [--stages 0 1 2 3] [--layouts nchw channels_last]
                                 [--dtypes float32 bfloat16] [--forward-only]
+    python -m tools.gpu_profile --summarize LOG   # ncu's --csv rows in LOG: a table per kernel
 """
 
 import argparse
+import csv
 import itertools
+import re
+import sys
 
 import torch
 
@@ -19,7 +23,40 @@ from benchmarks.common import RESNET50_STAGES, Case, ddf_inputs
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+def summarize(lines) -> str:
+    """ncu's output with --csv (one row per metric of each launch, after the program's own
+    output) -> the calls this script made, in order, then a markdown table with a row per
+    launch in launch order (a forward is one launch; a backward two to four, then the next
+    call's). With --csv, ncu does not say which launch came from which call."""
+    launches, calls = {}, []
+    for line in lines:
+        if line.startswith("call: "):
+            calls.append(line[len("call: "):].strip())
+            continue
+        row = next(csv.reader([line]), [])
+        if len(row) == 15 and row[0].isdigit():
+            launch = launches.setdefault(int(row[0]), {"kernel": re.sub(r"\(.*", "", row[4]).replace("void ", "")})
+            launch[row[12]] = float(row[14].replace(",", ""))
+    out = [f"{i}. {c}" for i, c in enumerate(calls, 1)] + [
+        "",
+        "| # | kernel | µs | DRAM read MB | warp instructions (M) | achieved occupancy | registers |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for i, m in sorted(launches.items()):
+        out.append(
+            f"| {i} | {m['kernel']} | {m.get('gpu__time_duration.sum', 0) / 1e3:.1f} | "
+            f"{m.get('dram__bytes_read.sum', 0) / 1e6:.1f} | {m.get('smsp__inst_executed.sum', 0) / 1e6:.2f} | "
+            f"{m.get('sm__warps_active.avg.pct_of_peak_sustained_active', 0):.0f}% | "
+            f"{m.get('launch__registers_per_thread', 0):.0f} |"
+        )
+    return "\n".join(out)
+
+
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--summarize":
+        with open(sys.argv[2], encoding="utf-8", errors="replace") as f:
+            print(summarize(f))
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stages", type=int, nargs="*", default=[0, 1, 2, 3])
     parser.add_argument("--layouts", nargs="*", default=["nchw", "channels_last"], choices=["nchw", "channels_last"])
