@@ -146,9 +146,9 @@ class DDFBackwardFunction(torch.autograd.Function):
 
 
 # torch's Function.apply binds the forward's default arguments through
-# inspect.signature(forward) on every call: about half of this Python forward's host time
-# (profiled on the CPU; a GPU training step at 28² and below waits on the host). A signature set
-# on the function is returned as it is.
+# inspect.signature(forward) on every call: about 40% of the grad-enabled forward's host time
+# (benchmarks/bench_host.py; a GPU training step at 28² and below waits on the host). A
+# signature set on the function is returned as it is.
 for _function in (DDFFunction, DDFBackwardFunction):
     _function.forward.__signature__ = inspect.signature(_function.forward)
 
