@@ -273,14 +273,11 @@ def serialized_loads(insns: List[Tuple[int, str, str]]) -> int:
     `guard ? widen(p[i]) : 0.f` (a conversion under the guard, right after its load): the
     tiled kernels ran at half the float32 speed on an H200. Counted on straight-line order, so
     it is a comparison between variants of one kernel, not an exact count of round trips."""
-    count = 0
     loads = [i for i, (_, op, _) in enumerate(insns) if op.startswith("LDG")]
-    for n, i in enumerate(loads):
-        end = loads[n + 1] if n + 1 < len(loads) else None
-        if end is None:
-            continue
+    count = 0
+    for i, next_load in zip(loads, loads[1:]):
         regs = _load_destination(insns[i][1], insns[i][2])
-        if regs and any(_reads(op, rest, regs) for _, op, rest in insns[i + 1:end]):
+        if regs and any(_reads(op, rest, regs) for _, op, rest in insns[i + 1:next_load]):
             count += 1
     return count
 
