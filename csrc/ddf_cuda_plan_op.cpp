@@ -52,12 +52,15 @@ std::vector<int64_t> cuda_tiled_plan(c10::string_view kernel, int64_t B, int64_t
 }
 
 // [use, vector, channel_lanes, block_channels, tile_w, tile_h, tiles, channel_blocks,
-// shared_bytes]; just [0] when the call does not take the channels_last kernels. The plan of
-// a call whose input, spatial filter and output are contiguous channels_last and 16-byte
-// aligned (what torch allocates), in a dtype of element_bytes (4 or 2), with the launcher's
-// default grid limits.
+// shared_bytes, head_blocks, head_lanes]; just [0] when the call does not take the
+// channels_last kernel (forward, grad_input or filter_grads). The plan of a call whose tensors
+// are contiguous channels_last and 16-byte aligned (what torch allocates), in a dtype of
+// element_bytes (4 or 2), with the launcher's default grid limits.
 std::vector<int64_t> cuda_nhwc_plan(int64_t B, int64_t C, int64_t H, int64_t W, int64_t k, int64_t G, int64_t stride,
-                                    int64_t dilation, int64_t element_bytes) {
+                                    int64_t dilation, int64_t element_bytes, c10::string_view kernel) {
+  using ddf::cuda::nhwc::NhwcKernel;
+  TORCH_CHECK(kernel == "forward" || kernel == "grad_input" || kernel == "filter_grads",
+              "_cuda_nhwc_plan: kernel must be forward, grad_input or filter_grads, got ", kernel);
   TORCH_CHECK(B >= 0 && C >= 0 && H >= 0 && W >= 0, "_cuda_nhwc_plan: negative size");
   TORCH_CHECK(k >= 1 && k % 2 == 1, "_cuda_nhwc_plan: k must be odd and positive, got ", k);
   TORCH_CHECK(G >= 1 && C % G == 0, "_cuda_nhwc_plan: G must be positive and divide C, got C=", C, " G=", G);
@@ -68,12 +71,18 @@ std::vector<int64_t> cuda_nhwc_plan(int64_t B, int64_t C, int64_t H, int64_t W, 
   const ddf::Geometry g{B, C, H, W, k, G, Ho, Wo, stride, dilation};
   const ddf::Strides4 xs{H * W * C, 1, W * C, C}, os{Ho * Wo * C, 1, Wo * C, C},
       ss{Ho * Wo * G * kk, 1, Wo * G * kk, G * kk};
+  const NhwcKernel which = kernel == "forward" ? NhwcKernel::Forward
+      : kernel == "grad_input"                 ? NhwcKernel::GradInput
+                                               : NhwcKernel::FilterGrads;
+  // (The taps' tensor and the pixels' one: see ddf_cuda_nhwc_plan.h.)
+  const bool transposed = which == NhwcKernel::GradInput;
   const ddf::cuda::GridLimits limits;
-  const auto p = ddf::cuda::nhwc::plan_nhwc_forward(g, xs, ss, os, /*supported_dtype=*/true, int(element_bytes),
-                                                    /*vector_aligned=*/true, limits.x, limits.y);
+  const auto p = ddf::cuda::nhwc::plan_nhwc(which, g, transposed ? os : xs, ss, transposed ? xs : os,
+                                            /*supported_dtype=*/true, int(element_bytes), /*vector_aligned=*/true,
+                                            limits.x, limits.y);
   if (!p.use) return {0};
   return {1, p.vector, p.g.channel_lanes, p.g.block_channels, p.g.tile_w, p.g.tile_h, p.grid_x, p.grid_y,
-          static_cast<int64_t>(p.shared_bytes)};
+          static_cast<int64_t>(p.shared_bytes), p.g.head_blocks, p.g.head_lanes};
 }
 
 // torch.ops.ddf._cuda_plan: which CUDA kernels a call takes (ddf_cuda_paths.h), through the
@@ -92,8 +101,10 @@ std::string cuda_plan(const at::Tensor& input, const at::Tensor& channel_filter,
   const ddf::Geometry g = ddf::concrete_geometry(sizes, stride, dilation);
   const auto dtype = input.scalar_type();
   const bool tiled_dtype = dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16;
-  const bool aligned = reinterpret_cast<std::uintptr_t>(input.const_data_ptr()) % nhwc::kVectorBytes == 0;
-  const CallFacts facts{tiled_dtype, int(input.element_size()), aligned};
+  auto aligned = [](const at::Tensor& t) {
+    return reinterpret_cast<std::uintptr_t>(t.const_data_ptr()) % nhwc::kVectorBytes == 0;
+  };
+  CallFacts facts{tiled_dtype, int(input.element_size()), aligned(input)};
   const GridLimits limits;
   // The results' strides, from a data-less copy of the input.
   const at::Tensor like = at::empty_strided(input.sizes(), input.strides(), input.options().device(at::kMeta));
@@ -107,20 +118,21 @@ std::string cuda_plan(const at::Tensor& input, const at::Tensor& channel_filter,
     }
     return out;
   }
-  // A channels_last call runs on NCHW copies (backward_via_nchw_copies): the NCHW strides.
-  const bool via_nchw = backward_via_nchw_copies(g, ddf::strides_of(input), tiled_dtype);
-  auto strides = [&](const at::Tensor& t) {
-    return ddf::strides_of(via_nchw ? at::empty(t.sizes(), t.options().device(at::kMeta)) : t);
-  };
-  const ddf::Strides4 gis =
-      via_nchw ? strides(input) : ddf::strides_of(ddf::empty_like_layout(input.sym_sizes(), like));
+  // grad_output as the backward takes it (grad_output_copy); grad_input laid out like the input.
+  const GradOutputCopy copy = grad_output_copy(g, ddf::strides_of(*grad_output), ddf::strides_of(input), tiled_dtype);
+  const at::Tensor go = copy == GradOutputCopy::None ? *grad_output
+      : at::empty(grad_output->sizes(), grad_output->options().device(at::kMeta).memory_format(
+            copy == GradOutputCopy::Nchw ? at::MemoryFormat::Contiguous : at::MemoryFormat::ChannelsLast));
+  const ddf::Strides4 gis = ddf::strides_of(ddf::empty_like_layout(input.sym_sizes(), like));
+  facts.vector_aligned = aligned(input) && (copy != GradOutputCopy::None || aligned(*grad_output));
   const int64_t kk = g.taps();
   const BackwardChoice c = choose_backward(
-      g, strides(*grad_output), strides(input), strides(spatial_filter), gis,
+      g, ddf::strides_of(go), ddf::strides_of(input), ddf::strides_of(spatial_filter), gis,
       output_mask[0] && g.B * g.C * g.H * g.W > 0,
       (output_mask[1] && g.B * g.C * kk > 0) || (output_mask[2] && g.B * g.G * kk * g.Ho * g.Wo > 0), facts, limits);
   return std::string("grad_input=") + path_name(c.grad_input) + " filter_grads=" + path_name(c.filter_grads) +
-         (via_nchw ? " via_nchw_copies" : "");
+         (copy == GradOutputCopy::Nchw ? " grad_output_to_nchw"
+                                       : copy == GradOutputCopy::ChannelsLast ? " grad_output_to_channels_last" : "");
 }
 
 // [kMaxSharedBytes, kStaticSharedBytes, kMaxDynamicSharedBytes]: the tiled kernels' shared
@@ -140,12 +152,13 @@ std::vector<int64_t> cuda_tiled_filter_grads_wave(int64_t k) {
   return {kWaveSms, filter_grads_blocks_per_sm(int(k))};
 }
 
-// [kWaveSms, blocks_per_sm(k)]: the wave the channels_last forward's plan fills.
-// tests/test_cuda_resources.py checks the blocks per SM against the cubins.
+// [kWaveSms, blocks_per_sm(k), kGradBlocksPerSm]: the waves the channels_last plans fill (the
+// forward's and grad_input's, the filter gradients'). tests/test_cuda_resources.py checks the
+// blocks per SM against the cubins.
 std::vector<int64_t> cuda_nhwc_wave(int64_t k) {
   using namespace ddf::cuda::nhwc;
   TORCH_CHECK(k == 3 || k == 5 || k == 7, "_cuda_nhwc_wave: k must be 3, 5 or 7, got ", k);
-  return {kWaveSms, blocks_per_sm(int(k))};
+  return {kWaveSms, blocks_per_sm(int(k)), kGradBlocksPerSm};
 }
 
 // [forward, grad_input, filter_grads]: each tiled kernel's halo slots (halo_slots()), for
@@ -162,8 +175,10 @@ TORCH_LIBRARY_FRAGMENT(ddf, m) {
       "_cuda_plan(Tensor input, Tensor channel_filter, Tensor spatial_filter, int stride=1, int dilation=1, "
       "str combine=\"mul\", Tensor? grad_output=None, bool[3] output_mask=[True, True, True]) -> str",
       &cuda_plan);
-  m.def("_cuda_nhwc_plan(int B, int C, int H, int W, int k, int G, int stride, int dilation, int element_bytes) -> int[]",
-        &cuda_nhwc_plan);
+  m.def(
+      "_cuda_nhwc_plan(int B, int C, int H, int W, int k, int G, int stride, int dilation, int element_bytes, "
+      "str kernel=\"forward\") -> int[]",
+      &cuda_nhwc_plan);
   m.def("_cuda_nhwc_wave(int k) -> int[]", &cuda_nhwc_wave);
   m.def("_cuda_tiled_halo_slots() -> int[]", &cuda_tiled_halo_slots);
   m.def("_cuda_tiled_filter_grads_wave(int k) -> int[]", &cuda_tiled_filter_grads_wave);

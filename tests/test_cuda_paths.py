@@ -1,8 +1,9 @@
 """Which CUDA kernels a call takes (csrc/cuda/ddf_cuda_paths.h), through
 torch.ops.ddf._cuda_plan: every build has it and no GPU is needed. The channels_last calls that
-DDF networks make take the channels_last tiled forward (issue 19); a DDF-ResNet block in
-channels_last under bfloat16 autocast runs on the emulated CUDA kernels with every ddf forward
-call on a tiled path, and agrees with the CPU kernels."""
+DDF networks make take the channels_last tiled kernels, forward and backward (issue 19); a
+DDF-ResNet block in channels_last under bfloat16 autocast runs on the emulated CUDA kernels with
+every ddf call, forward and backward, on the channels_last kernels, and agrees with the CPU
+kernels."""
 
 from functools import partial
 
@@ -51,21 +52,40 @@ def test_mixed_and_unusual_layouts():
     assert cuda_path(x.double(), cf.double(), sf.double()) == "generic"
     x3, cf3, sf3 = make_inputs(2, 16, 9, 9, 3, 2, 3, torch.float32, "cpu", "channels_last")
     assert cuda_path(x3, cf3, sf3, 3) == "generic"
-    # The backward of a channels_last call runs the NCHW tiled kernels on NCHW copies (until
-    # channels_last backward kernels exist); float64 the generic kernels.
+    # The backward of a channels_last call: the channels_last kernels; float64 the generic ones.
     go = torch.randn(2, 16, 9, 9).to(memory_format=torch.channels_last)
-    assert cuda_path(x, cf, sf, go=go) == "grad_input=tiled filter_grads=tiled via_nchw_copies"
+    assert cuda_path(x, cf, sf, go=go) == "grad_input=tiled_nhwc filter_grads=tiled_nhwc"
     assert cuda_path(*(t.double() for t in (x, cf, sf)), go=go.double()) == "grad_input=generic filter_grads=generic"
     xc, cfc, sfc, goc = (t.contiguous() for t in (x, cf, sf, go))
     assert cuda_path(xc, cfc, sfc, go=goc) == "grad_input=tiled filter_grads=tiled"
+    # A grad_output in another layout than the input's (a user's NCHW gradient; out.sum()'s
+    # expanded one) is copied into the input's layout first, never sent to the generic kernels.
+    assert cuda_path(x, cf, sf, go=goc) == "grad_input=tiled_nhwc filter_grads=tiled_nhwc grad_output_to_channels_last"
+    ones = torch.ones(()).expand(2, 16, 9, 9)
+    assert cuda_path(x, cf, sf, go=ones) == "grad_input=tiled_nhwc filter_grads=tiled_nhwc grad_output_to_channels_last"
+    assert cuda_path(xc, cfc, sfc, go=ones) == "grad_input=tiled filter_grads=tiled grad_output_to_nchw"
+    assert cuda_path(xc, cfc, sfc, go=go) == "grad_input=tiled filter_grads=tiled grad_output_to_nchw"
+    # An NCHW spatial filter with channels_last input and grad_output (a 1x1 convolution that
+    # is not channels_last): the channels_last kernels read it with its strides.
+    assert cuda_path(x, cf, sfc, go=go) == "grad_input=tiled_nhwc filter_grads=tiled_nhwc"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("channels,size", RESNET_SHAPES, ids=lambda v: str(v))
+@pytest.mark.parametrize("stride", [1, 2])
+def test_channels_last_resnet_backward_takes_the_nhwc_kernels(dtype, channels, size, stride):
+    x, cf, sf = make_inputs(2, channels, size, size, 3, 1, stride, dtype, "cpu", "channels_last")
+    go = torch.ops.ddf.ddf(x, cf, sf, stride)
+    assert go.is_contiguous(memory_format=torch.channels_last)
+    assert cuda_path(x, cf, sf, stride, go=go) == "grad_input=tiled_nhwc filter_grads=tiled_nhwc"
 
 
 @requires_emulation
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_channels_last_views_on_the_emulated_kernels(dtype):
     """A channels_last input, a view of it one channel in (misaligned, NCHW output), and one
-    with an NCHW spatial filter: each takes the path the plan names and agrees with the CPU
-    kernels, gradients included (the backward on NCHW copies)."""
+    with an NCHW spatial filter: each takes the path the plan names, forward and backward, and
+    agrees with the CPU kernels, gradients included."""
     tol = dict(rtol=2e-2, atol=2e-2) if dtype != torch.float32 else dict(rtol=1e-5, atol=1e-5)
     x, cf, sf = make_inputs(2, 17, 9, 10, 3, 1, 1, dtype, "cpu", "channels_last")
     calls = {
@@ -77,6 +97,8 @@ def test_channels_last_views_on_the_emulated_kernels(dtype):
         assert cuda_path(*args).startswith(expected), cuda_path(*args)
         leaves = [a.detach().requires_grad_() for a in args]
         out = torch.ops.ddf.ddf(*leaves)
+        backward = cuda_path(*args, go=torch.ones_like(out))
+        assert backward.startswith("grad_input=tiled_nhwc filter_grads=tiled_nhwc"), backward
         cpu = torch.autograd.grad(out, leaves, torch.ones_like(out))
         with emulated_cuda_kernels():
             emu_out = torch.ops.ddf.ddf(*leaves)
@@ -94,11 +116,12 @@ def test_plan_checks_its_arguments():
 
 
 class DdfCalls(TorchDispatchMode):
-    """Records the arguments of every ddf::ddf call."""
+    """Records the arguments of every ddf::ddf and ddf::ddf_backward call."""
 
     def __init__(self):
         super().__init__()
         self.calls = []
+        self.backward_calls = []
 
     NAMES = ("input", "channel_filter", "spatial_filter", "stride", "dilation", "combine")
     DEFAULTS = dict(stride=1, dilation=1, combine="mul")
@@ -107,6 +130,9 @@ class DdfCalls(TorchDispatchMode):
         kwargs = kwargs or {}
         if func is torch.ops.ddf.ddf.default:
             self.calls.append({**self.DEFAULTS, **dict(zip(self.NAMES, args)), **kwargs})
+        if func is torch.ops.ddf.ddf_backward.default:
+            named = {**self.DEFAULTS, **dict(zip(("grad_output",) + self.NAMES + ("output_mask",), args)), **kwargs}
+            self.backward_calls.append(named)
         return func(*args, **kwargs)
 
 
@@ -115,10 +141,11 @@ def bottleneck_outputs(stride):
     block = Bottleneck(256, 64, stride, partial(ddf3x3, combine="mul")).train().to(memory_format=torch.channels_last)
     x = torch.randn(2, 256, 14, 14).to(memory_format=torch.channels_last).requires_grad_()
     calls = DdfCalls()
-    with torch.autocast("cpu", dtype=torch.bfloat16), calls:
-        out = block(x)
-    out.float().square().sum().backward()
-    return out, x.grad, calls.calls
+    with calls:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = block(x)
+        out.float().square().sum().backward()
+    return out, x.grad, calls
 
 
 @requires_emulation
@@ -127,11 +154,14 @@ def test_ddf_resnet_block_channels_last_bf16_runs_tiled(stride):
     cpu_out, cpu_grad, _ = bottleneck_outputs(stride)
     with emulated_cuda_kernels():
         out, grad, calls = bottleneck_outputs(stride)
-    assert calls, "the block made no ddf call"
-    for call in calls:
+    assert calls.calls and calls.backward_calls, "the block made no ddf call, or no backward"
+    for call in calls.calls:
         x = call["input"]
         assert x.dtype == torch.bfloat16 and x.is_contiguous(memory_format=torch.channels_last)
         path = cuda_path(*(call[n] for n in DdfCalls.NAMES))
         assert path.startswith("tiled_nhwc vector=8"), path
+    for call in calls.backward_calls:
+        path = torch.ops.ddf._cuda_plan(*(call[n] for n in DdfCalls.NAMES), call["grad_output"], call["output_mask"])
+        assert path == "grad_input=tiled_nhwc filter_grads=tiled_nhwc", path
     torch.testing.assert_close(out.float(), cpu_out.float(), rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(grad, cpu_grad, rtol=3e-2, atol=3e-2)

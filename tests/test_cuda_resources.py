@@ -501,11 +501,13 @@ def test_shared_memory_within_budget(built_library_report):
     total, static_budget, dynamic_budget = torch.ops.ddf._cuda_tiled_shared_budget()
     assert total == 48 * 1024 and static_budget + dynamic_budget == total
     largest = {name: largest_planned_shared_bytes(kernel) for name, kernel in TILED_PLAN_KERNELS.items()}
-    # The channels_last forward: its staged channel filters, largest for k = 7 (the plan halves
-    # the lanes of 8-channel vectors to fit).
-    nhwc_largest = max(torch.ops.ddf._cuda_nhwc_plan(2, channels, 14, 14, k, 1, 1, 1, element_bytes)[8]
-                       for k in (3, 5, 7) for channels in (1, 8, 64, 256, 1024) for element_bytes in (4, 2))
-    assert dynamic_budget - 24 * 1024 < nhwc_largest <= total, nhwc_largest
+    # The channels_last kernels: their staged channel filters (and the filter gradients' per-warp
+    # sums), largest for k = 7 (the plans halve the lanes to fit).
+    nhwc_largest = {kernel: max(torch.ops.ddf._cuda_nhwc_plan(2, channels, 14, 14, k, 1, 1, 1, element_bytes, kernel)[8]
+                                for k in (3, 5, 7) for channels in (1, 8, 64, 256, 1024) for element_bytes in (4, 2))
+                    for kernel in ("forward", "grad_input", "filter_grads")}
+    for kernel, request in nhwc_largest.items():
+        assert dynamic_budget - 24 * 1024 < request <= total, (kernel, request)
     for name, request in largest.items():
         # The sweep reaches the budget's edge (so it tests the budget, not small plans) and
         # never passes it.
@@ -518,7 +520,8 @@ def test_shared_memory_within_budget(built_library_report):
         if limits.static_smem_includes_reserved and static > 0:
             static -= limits.reserved_smem_per_block  # sm_90's SHARED counts the reserved 1 KiB
         tiled = [name for name in TILED_PLAN_KERNELS if name in r.demangled]
-        dynamic = largest[tiled[0]] if tiled else nhwc_largest if "nhwc_forward_kernel" in r.demangled else 0
+        nhwc = [kernel for kernel in nhwc_largest if f"nhwc_{kernel}_kernel" in r.demangled]
+        dynamic = largest[tiled[0]] if tiled else nhwc_largest[nhwc[0]] if nhwc else 0
         assert static + dynamic <= total, (
             f"{r.compact} [{r.arch}]: {static} B static + {dynamic} B dynamic shared memory > {total} B per block"
         )
@@ -558,9 +561,10 @@ def test_filter_grads_wave_matches_the_cubins(built_library_report):
 
 
 def test_nhwc_wave_matches_the_cubins(built_library_report):
-    """The channels_last forward's plan sizes its pixels per thread for whole waves of
-    kWaveSms x blocks_per_sm(k) blocks (csrc/cuda/ddf_cuda_nhwc_plan.h): the fewest blocks per
-    SM that any of that k's sm_90 kernels hold (registers and shared memory, the largest plan's)."""
+    """The channels_last plans size their pixels per thread for whole waves of kWaveSms x the
+    blocks per SM of their kernel (csrc/cuda/ddf_cuda_nhwc_plan.h): blocks_per_sm(k) for the
+    forward and grad_input, kGradBlocksPerSm for the filter gradients, each the fewest blocks
+    per SM that any of that kernel's and k's sm_90 variants hold (registers)."""
     import re
 
     import torch
@@ -569,19 +573,22 @@ def test_nhwc_wave_matches_the_cubins(built_library_report):
 
     seen = {}
     for r in built_library_report.rows:
-        if r.arch != "sm_90" or "nhwc_forward_kernel" not in r.demangled:
+        m = re.search(r"nhwc_(forward|grad_input|filter_grads)_kernel<[^,]+, [^,]+, (\d+), \d+, (\d+)>", r.demangled)
+        if r.arch != "sm_90" or m is None:
             continue
-        # nhwc_forward_kernel<scalar_t, Combine, K, S, V>
-        k, vector = map(int, re.search(r"nhwc_forward_kernel<[^,]+, [^,]+, (\d+), \d+, (\d+)>", r.demangled).groups())
+        kernel, k, vector = m.group(1), int(m.group(2)), int(m.group(3))
         if vector == 1:
             continue  # (one channel per thread: calls that cannot use vectors, sized by the same wave)
         occ = cr.occupancy(r.registers, 256, 0, cr.limits_for("sm_90"))
-        seen.setdefault(k, set()).add(occ.by_registers)
-    assert sorted(seen) == [3, 5, 7], seen
-    for k, blocks in seen.items():
-        sms, planned = torch.ops.ddf._cuda_nhwc_wave(k)
+        # grad_input shares the forward's launch bounds and wave.
+        seen.setdefault((kernel == "filter_grads", k), set()).add(occ.by_registers)
+    assert sorted(seen) == [(grads, k) for grads in (False, True) for k in (3, 5, 7)], seen
+    for (grads, k), blocks in seen.items():
+        sms, planned, grad_planned = torch.ops.ddf._cuda_nhwc_wave(k)
         assert sms == 132
-        assert min(blocks) == planned, f"k={k}: the sm_90 cubins hold {sorted(blocks)} blocks per SM, the plan assumes {planned}"
+        expected = grad_planned if grads else planned
+        assert min(blocks) == expected, (f"k={k} {'filter gradients' if grads else 'forward, grad_input'}: the sm_90 "
+                                         f"cubins hold {sorted(blocks)} blocks per SM, the plan assumes {expected}")
 
 
 # ----------------------------------------------------------------------------- the tool

@@ -436,7 +436,7 @@ def test_nhwc_pixel_iterations_by_hand():
     # 7 x 8 map the tile's last row is missing: pixels 48-55 remain for iteration 3, those of
     # pixel lanes 0-7 (warps 0-3); warps 4-7 iterate 3 times with a pixel.
     p = gm.NhwcPlan(vector=4, channel_lanes=16, block_channels=64, tile_w=8, tile_h=8, tiles=1, channel_blocks=1,
-                    shared_bytes=0)
+                    shared_bytes=0, head_blocks=1, head_lanes=16)
     assert gm.nhwc_pixel_iterations(p, 8, 8) == [4.0] * 8
     assert gm.nhwc_pixel_iterations(p, 7, 8) == [4.0] * 4 + [3.0] * 4
     ns = gm.NhwcSass(pixel=100, stage=40, stage_loads=4, stage_rest=10, outside=50)
@@ -445,6 +445,21 @@ def test_nhwc_pixel_iterations_by_hand():
     assert work.parts == {"filter staging": 8 * 3 * 10, "compute": 32 * 100, "prologue/epilogue": 8 * 50}
     # 2 blocks (1 tile x 1 channel block x B = 2); 4 pixel iterations, 3 staging trips.
     assert (work.blocks, work.dram_rounds, work.l2_rounds) == (2, 4, 3)
+
+
+def test_nhwc_filter_grads_work_by_hand():
+    # 4 channel lanes of 16 channels (64 pixel lanes), an 8 x 8 tile: one round per tap; heads
+    # of 4 lanes (2 shuffle steps); 2 warps hold the block's 64 channels for the sums.
+    p = gm.NhwcPlan(vector=4, channel_lanes=4, block_channels=64, tile_w=8, tile_h=8, tiles=1, channel_blocks=1,
+                    shared_bytes=0, head_blocks=1, head_lanes=4)
+    ng = gm.NhwcGradSass(round=100, shuffle_step=5, store=10, tap=30, sum_trip=20, sum_inner=8, sum_unroll=4,
+                         stage=gm.NhwcSass(pixel=0, stage=40, stage_loads=4, stage_rest=10, outside=50))
+    work = gm.nhwc_filter_grads_work(p, ng, per_sm=2, B=2, S=8, k=3, moved=1e6)
+    # 9 taps x 8 warps x 1 round x (100 + 2 x 5 + 10); per tap 8 warps' own code and 2 warps'
+    # sums of 64 pixel lanes, 4 a trip: 20 + 16 x 8; 9 x 64 filter values = 3 staging trips.
+    assert work.parts == {"filter staging": 8 * 3 * 10, "rounds": 9 * 8 * 120,
+                          "channel-filter sums": 9 * (8 * 30 + 2 * (20 + 16 * 8)), "prologue/epilogue": 8 * 50}
+    assert (work.blocks, work.dram_rounds, work.l2_rounds) == (2, 1, 3 + 9)
 
 
 def test_model_on_the_built_library(capsys):

@@ -12,6 +12,7 @@
 #include <type_traits>
 
 #include "ddf_cuda_kernels.cuh"
+#include "ddf_cuda_nhwc_backward_kernels.cuh"
 #include "ddf_cuda_nhwc_kernels.cuh"
 #include "ddf_cuda_paths.h"
 #include "ddf_cuda_tiled_kernels.cuh"
@@ -51,6 +52,22 @@ void dispatch_tap_geometry(int64_t k, int64_t stride, F&& f) {
 
 inline dim3 grid_of(const tiled::TiledPlan& p) { return dim3(p.grid_x, p.grid_y, p.grid_z); }
 inline dim3 block_of(const tiled::TiledPlan& p) { return dim3(p.block_x, p.block_y, p.block_z); }
+inline dim3 grid_of(const nhwc::NhwcPlan& p) { return dim3(p.grid_x, p.grid_y, p.grid_z); }
+inline dim3 block_of(const nhwc::NhwcPlan& p) { return dim3(p.block_x); }
+
+// Calls f(std::integral_constant<int, K>, std::integral_constant<int, S>,
+// std::integral_constant<int, V>) for an NHWC plan's k, stride and channels per thread.
+template <typename scalar_t, typename F>
+void dispatch_nhwc(const Geometry& g, const nhwc::NhwcPlan& p, F&& f) {
+  constexpr int kVector = nhwc::kVectorBytes / int(sizeof(scalar_t));
+  dispatch_tap_geometry(g.k, g.stride, [&](auto K, auto S) {
+    if (p.vector == 1) {
+      f(K, S, std::integral_constant<int, 1>());
+    } else {
+      f(K, S, std::integral_constant<int, kVector>());
+    }
+  });
+}
 
 // A 1-D grid-stride launch over n elements.
 inline dim3 flat_grid(int64_t n, const GridLimits& limits) {
@@ -80,16 +97,9 @@ Path launch_forward(
     }
     if (c.path == Path::TiledNhwc) {
       const nhwc::NhwcPlan& q = c.nhwc;
-      const dim3 grid(q.grid_x, q.grid_y, q.grid_z), block(q.block_x);
-      dispatch_tap_geometry(g.k, g.stride, [&](auto K, auto S) {
-        constexpr int kVector = nhwc::kVectorBytes / int(sizeof(scalar_t));
-        if (q.vector == 1) {
-          launch(nhwc::nhwc_forward_kernel<scalar_t, M, K.value, S.value, 1>, grid, block, q.shared_bytes, x, cf, cs,
-                 sf, out, q.g);
-        } else {
-          launch(nhwc::nhwc_forward_kernel<scalar_t, M, K.value, S.value, kVector>, grid, block, q.shared_bytes, x, cf,
-                 cs, sf, out, q.g);
-        }
+      dispatch_nhwc<scalar_t>(g, q, [&](auto K, auto S, auto V) {
+        launch(nhwc::nhwc_forward_kernel<scalar_t, M, K.value, S.value, V.value>, grid_of(q), block_of(q),
+               q.shared_bytes, x, cf, cs, sf, out, q.g);
       });
       return Path::TiledNhwc;
     }
@@ -113,9 +123,10 @@ BackwardPaths launch_backward(
   const int64_t kk = g.taps();
   const bool want_channel = gcf != nullptr && g.B * g.C * kk > 0;
   const bool want_spatial = gsf != nullptr && g.B * g.G * kk * g.Ho * g.Wo > 0;
+  const bool aligned = vector_aligned(go) && vector_aligned(x) && (gi == nullptr || vector_aligned(gi));
   const BackwardChoice c = choose_backward(g, gos, xs, ss, gis, gi != nullptr && g.B * g.C * g.H * g.W > 0,
                                            want_channel || want_spatial,
-                                           CallFacts{kTiledDtype<scalar_t>, int(sizeof(scalar_t)), false}, limits);
+                                           CallFacts{kTiledDtype<scalar_t>, int(sizeof(scalar_t)), aligned}, limits);
   const BackwardPaths paths{c.grad_input, c.filter_grads};
   const Strides4 none{0, 0, 0, 0};
 
@@ -125,6 +136,15 @@ BackwardPaths launch_backward(
       dispatch_tap_geometry(g.k, g.stride, [&](auto K, auto S) {
         launch(tiled::tiled_grad_input_kernel<scalar_t, M, K.value, S.value>, grid_of(p), block_of(p),
                p.shared_bytes, go, cf, cs, sf, gi, p.g);
+      });
+    }
+  }
+  if constexpr (kTiledDtype<scalar_t>) {
+    if (paths.grad_input == Path::TiledNhwc) {
+      const nhwc::NhwcPlan& q = c.grad_input_nhwc;
+      dispatch_nhwc<scalar_t>(g, q, [&](auto K, auto S, auto V) {
+        launch(nhwc::nhwc_grad_input_kernel<scalar_t, M, K.value, S.value, V.value>, grid_of(q), block_of(q),
+               q.shared_bytes, go, cf, cs, sf, gi, q.g);
       });
     }
   }
@@ -158,6 +178,33 @@ BackwardPaths launch_backward(
       if (spatial_partial != nullptr) {
         launch(tiled::sum_spatial_partials_kernel<scalar_t>, flat_grid(spatial_count, limits), dim3(kThreads), 0,
                static_cast<const float*>(spatial_partial), int64_t(p.g.splits), g.G * kk, g.Ho, g.Wo, gsf, gss,
+               spatial_count);
+      }
+    }
+  }
+  if constexpr (kTiledDtype<scalar_t>) {
+    if (paths.filter_grads == Path::TiledNhwc) {
+      const nhwc::NhwcPlan& q = c.filter_grads_nhwc;
+      // Partial sums: grad_channel_filter per tile unless the map is one tile;
+      // grad_spatial_filter per block of a head unless each head is in one block.
+      const bool one_tile = q.grid_x == 1, one_block = q.g.head_blocks == 1;
+      const int64_t channel_count = g.B * g.C * kk, spatial_count = g.B * g.G * kk * g.Ho * g.Wo;
+      float* channel_partial = want_channel && !one_tile ? workspace(q.grid_x * channel_count) : nullptr;
+      float* spatial_partial = want_spatial && !one_block ? workspace(q.g.head_blocks * spatial_count) : nullptr;
+      scalar_t* channel_direct = want_channel && one_tile ? gcf : nullptr;
+      scalar_t* spatial_direct = want_spatial && one_block ? gsf : nullptr;
+      dispatch_nhwc<scalar_t>(g, q, [&](auto K, auto S, auto V) {
+        launch(nhwc::nhwc_filter_grads_kernel<scalar_t, M, K.value, S.value, V.value>, grid_of(q), block_of(q),
+               q.shared_bytes, go, x, cf, cs, sf, channel_partial, channel_direct, gcs, spatial_partial,
+               spatial_direct, gss, q.g);
+      });
+      if (channel_partial != nullptr) {
+        launch(tiled::sum_channel_partials_kernel<scalar_t>, flat_grid(channel_count, limits), dim3(kThreads), 0,
+               static_cast<const float*>(channel_partial), int64_t(q.grid_x), g.C, g.k, gcf, gcs, channel_count);
+      }
+      if (spatial_partial != nullptr) {
+        launch(tiled::sum_spatial_partials_kernel<scalar_t>, flat_grid(spatial_count, limits), dim3(kThreads), 0,
+               static_cast<const float*>(spatial_partial), int64_t(q.g.head_blocks), g.G * kk, g.Ho, g.Wo, gsf, gss,
                spatial_count);
       }
     }

@@ -129,6 +129,25 @@ __device__ __forceinline__ void add_tap(const scalar_t* p, const float* ft, floa
   for (int u = 0; u < V; ++u) acc[u] += in.v[u] * combine_filters<M>(fv[u], s);
 }
 
+// Stages the channel filters of channels [c_first, c_first + count) of batch b into shared
+// memory as float, each channel lane's [k*k][V] together (lane_filter_floats); consecutive
+// threads take consecutive taps of a channel. A contiguous channel filter (what pooling and a
+// linear layer give) is one run of count x k*k values; other strides (an expanded filter) take
+// the general index. Channels past the count: no thread of theirs reads them. The caller
+// places the barrier.
+template <typename scalar_t, int K, int V>
+__device__ __forceinline__ void stage_channel_filters(float* filters, const scalar_t* __restrict__ cf, const Strides4& cs,
+                                                      int b, int c_first, int count) {
+  constexpr int KK = K * K, kLaneFloats = lane_filter_floats(K, V);
+  const bool contiguous = cs.w == 1 && cs.h == K && cs.c == KK;
+  const scalar_t* run = cf + (contiguous ? b * cs.n + int64_t(c_first) * KK : 0);
+  for (int i = threadIdx.x; i < KK * count; i += kBlockThreads) {
+    const int channel = i / KK, tap = i - channel * KK;
+    filters[channel / V * kLaneFloats + tap * V + channel % V] =
+        widen(contiguous ? run[i] : cf[cs.offset(b, c_first + channel, tap / K, tap % K)]);
+  }
+}
+
 // Tap rows a pixel's loop unrolls: all three for k = 3 (every tap's loads in flight at once),
 // one at a time for k = 5, 7 (all 25 or 49 in flight took 128+ registers and spilled).
 template <int K>
@@ -231,23 +250,12 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocks<K, V>) nhwc_forward_
     const scalar_t* __restrict__ sf,
     scalar_t* __restrict__ out,
     NhwcGeometry g) {
-  constexpr int KK = K * K;
   constexpr int kLaneFloats = lane_filter_floats(K, V);
-  // Per channel lane, its channels' filters [KK][V] (lane_filter_floats).
+  // Per channel lane, its channels' filters [K*K][V] (lane_filter_floats).
   DDF_DYNAMIC_SHARED(float, filters);
   const int b = blockIdx.z, c_block = int(blockIdx.y) * g.block_channels;
   const int block_channels = std::min(g.block_channels, g.C - c_block);
-  // Stage the block's channel filters; consecutive threads take consecutive taps of a channel.
-  // A contiguous channel filter (what pooling and a linear layer give) is one run of the
-  // block's channels x KK values; other strides (an expanded filter) take the general index.
-  const bool contiguous = cs.w == 1 && cs.h == K && cs.c == KK;
-  const scalar_t* run = cf + (contiguous ? b * cs.n + int64_t(c_block) * KK : 0);
-  for (int i = threadIdx.x; i < KK * block_channels; i += kBlockThreads) {
-    const int channel = i / KK, tap = i - channel * KK;
-    filters[channel / V * kLaneFloats + tap * V + channel % V] =
-        widen(contiguous ? run[i] : cf[cs.offset(b, c_block + channel, tap / K, tap % K)]);
-  }
-  // (Channels past the last of the block's: no thread of theirs reads them.)
+  stage_channel_filters<scalar_t, K, V>(filters, cf, cs, b, c_block, block_channels);
   __syncthreads();
 
   const int lane_c = threadIdx.x & (g.channel_lanes - 1), lane_p = threadIdx.x / g.channel_lanes;

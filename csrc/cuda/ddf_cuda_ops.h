@@ -98,16 +98,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ddf_backward(
   auto [grad_in, grad_cf, grad_sf] = ddf_empty_grads(sizes, input, channel_filter, spatial_filter, output_mask);
   const bool tiled_dtype = input.scalar_type() == at::kFloat || input.scalar_type() == at::kHalf ||
                            input.scalar_type() == at::kBFloat16;
-  // A channels_last call: the NCHW kernels on NCHW copies (ddf_cuda_paths.h says why), the
-  // gradients of input and spatial filter computed NCHW and copied into their results.
-  const bool via_nchw = backward_via_nchw_copies(g, strides_of(input), tiled_dtype);
-  const at::Tensor go = via_nchw ? grad_output.contiguous() : grad_output;
-  const at::Tensor x = via_nchw ? input.contiguous() : input;
-  const at::Tensor sf = via_nchw ? spatial_filter.contiguous() : spatial_filter;
-  const at::Tensor gi = via_nchw && grad_in.defined() ? at::empty(input.sizes(), input.options()) : grad_in;
-  const at::Tensor gs =
-      via_nchw && grad_sf.defined() ? at::empty(spatial_filter.sizes(), spatial_filter.options()) : grad_sf;
-  // Float scratch for the tiled filter-gradient kernel's partial sums. Freed when this
+  // grad_output in the input's layout (ddf_cuda_paths.h says when and why).
+  at::Tensor go = grad_output;
+  switch (grad_output_copy(g, strides_of(grad_output), strides_of(input), tiled_dtype)) {
+    case GradOutputCopy::Nchw: go = grad_output.contiguous(); break;
+    case GradOutputCopy::ChannelsLast: go = grad_output.contiguous(at::MemoryFormat::ChannelsLast); break;
+    case GradOutputCopy::None: break;
+  }
+  // Float scratch for the tiled filter-gradient kernels' partial sums. Freed when this
   // returns: the caching allocator keeps a block from reuse until the stream's work on it
   // is ordered before the next user (same stream), and the emulator runs synchronously.
   std::vector<at::Tensor> scratch;
@@ -120,13 +118,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ddf_backward(
     static_assert(sizeof(scalar_t) == sizeof(decltype(tag)));
     launch_backward<scalar_t, decltype(m)::value>(
         backend.launcher(), workspace, backend.grid_limits(), data_of<scalar_t>(go), strides_of(go),
-        data_of<scalar_t>(x), strides_of(x), data_of<scalar_t>(channel_filter), strides_of(channel_filter),
-        data_of<scalar_t>(sf), strides_of(sf), mutable_data_of<scalar_t>(gi), strides_or_zero(gi),
-        mutable_data_of<scalar_t>(grad_cf), strides_or_zero(grad_cf), mutable_data_of<scalar_t>(gs),
-        strides_or_zero(gs), g);
+        data_of<scalar_t>(input), strides_of(input), data_of<scalar_t>(channel_filter), strides_of(channel_filter),
+        data_of<scalar_t>(spatial_filter), strides_of(spatial_filter), mutable_data_of<scalar_t>(grad_in),
+        strides_or_zero(grad_in), mutable_data_of<scalar_t>(grad_cf), strides_or_zero(grad_cf),
+        mutable_data_of<scalar_t>(grad_sf), strides_or_zero(grad_sf), g);
   });
-  if (via_nchw && grad_in.defined()) grad_in.copy_(gi);
-  if (via_nchw && grad_sf.defined()) grad_sf.copy_(gs);
   return {grad_in, grad_cf, grad_sf};
 }
 

@@ -3,10 +3,12 @@
 // (csrc/ddf_cuda_plan_op.cpp, every build) reports it, so tests and benchmarks assert the path
 // a call takes instead of restating the plans' rules.
 //
-// The forward: the NCHW tiled kernels for contiguous NCHW (ddf_cuda_tiled_plan.h), the
-// channels_last kernels for input and output with channel stride 1 (ddf_cuda_nhwc_plan.h),
-// else the generic kernels. The backward: grad_input and the filter gradients each tiled
-// (contiguous NCHW) or generic.
+// Each kernel (forward, grad_input, filter gradients): the NCHW tiled kernels when its tensors
+// are contiguous NCHW (ddf_cuda_tiled_plan.h), else the channels_last kernels when the tensors
+// they read in vectors have channel stride 1 (ddf_cuda_nhwc_plan.h), else the generic kernels.
+// Before the backward, grad_output takes the input's layout when it has another
+// (grad_output_copy): the copy costs a fraction of one backward kernel, the generic kernels
+// about ten times the tiled ones.
 #pragma once
 
 #include <cstdint>
@@ -46,7 +48,9 @@ inline bool nchw_contiguous(const Strides4& st, int64_t N, int64_t C, int64_t H,
 struct CallFacts {
   bool tiled_dtype;    // float32, float16 or bfloat16
   int element_bytes;
-  bool vector_aligned;  // input and output data pointers are 16-byte aligned (forward)
+  // The data pointers the NHWC kernels access in 16-byte vectors are 16-byte aligned: input
+  // and output (forward); grad_output, input and grad_input (backward).
+  bool vector_aligned;
 };
 
 struct ForwardChoice {
@@ -64,8 +68,8 @@ inline ForwardChoice choose_forward(const Geometry& g, const Strides4& xs, const
   c.tiled = tiled::plan_tiled(tiled::Kernel::Forward, g, contiguous, facts.tiled_dtype, limits.x, limits.y,
                               limits.target_blocks);
   if (c.tiled.use) return c.path = Path::Tiled, c;
-  c.nhwc = nhwc::plan_nhwc_forward(g, xs, ss, os, facts.tiled_dtype, facts.element_bytes, facts.vector_aligned,
-                                   limits.x, limits.y, limits.target_blocks);
+  c.nhwc = nhwc::plan_nhwc(nhwc::NhwcKernel::Forward, g, xs, ss, os, facts.tiled_dtype, facts.element_bytes,
+                           facts.vector_aligned, limits.x, limits.y, limits.target_blocks);
   c.path = c.nhwc.use ? Path::TiledNhwc : Path::Generic;
   return c;
 }
@@ -73,21 +77,30 @@ inline ForwardChoice choose_forward(const Geometry& g, const Strides4& xs, const
 struct BackwardChoice {
   Path grad_input = Path::None, filter_grads = Path::None;
   tiled::TiledPlan grad_input_plan, filter_grads_plan;
+  nhwc::NhwcPlan grad_input_nhwc, filter_grads_nhwc;
 };
 
-// The backward of a channels_last call (input with channel stride 1, not contiguous NCHW) in
-// a tiled dtype runs the NCHW tiled kernels on NCHW copies of grad_output, input and spatial
-// filter, and copies grad_input and grad_spatial_filter back (ddf_cuda_ops.h): until
-// channels_last backward kernels exist (issue 19), one transposing copy of each large tensor
-// costs far less than the generic kernels (about 10x their time in the GPU model).
-inline bool backward_via_nchw_copies(const Geometry& g, const Strides4& xs, bool tiled_dtype) {
-  return tiled_dtype && g.C > 1 && xs.c == 1 && !nchw_contiguous(xs, g.B, g.C, g.H, g.W);
+// What the backward does to grad_output first. A grad_output whose layout is not the input's
+// (the expanded grad_output of out.sum(), a user's NCHW gradient for a channels_last output)
+// would send both backward kernels to the generic path; in a tiled dtype it is copied into the
+// input's layout: contiguous NCHW for a contiguous NCHW input, channels_last for an input with
+// channel stride 1. The copy moves grad_output's bytes twice, a fraction of one tiled kernel's
+// traffic; the generic kernels take about ten times the tiled ones (the GPU model).
+enum class GradOutputCopy { None, Nchw, ChannelsLast };
+
+inline GradOutputCopy grad_output_copy(const Geometry& g, const Strides4& gos, const Strides4& xs, bool tiled_dtype) {
+  if (!tiled_dtype) return GradOutputCopy::None;
+  if (nchw_contiguous(xs, g.B, g.C, g.H, g.W))
+    return nchw_contiguous(gos, g.B, g.C, g.Ho, g.Wo) ? GradOutputCopy::None : GradOutputCopy::Nchw;
+  return xs.c == 1 && gos.c != 1 ? GradOutputCopy::ChannelsLast : GradOutputCopy::None;
 }
 
-// want_*: the gradients asked for (output_mask) with a non-empty result.
+// want_*: the gradients asked for (output_mask) with a non-empty result. gos: grad_output's
+// strides after grad_output_copy.
 inline BackwardChoice choose_backward(const Geometry& g, const Strides4& gos, const Strides4& xs, const Strides4& ss,
                                       const Strides4& gis, bool want_input, bool want_filters, const CallFacts& facts,
                                       const GridLimits& limits) {
+  using nhwc::NhwcKernel;
   BackwardChoice c;
   const bool inputs_contiguous = nchw_contiguous(gos, g.B, g.C, g.Ho, g.Wo) &&
       nchw_contiguous(xs, g.B, g.C, g.H, g.W) && nchw_contiguous(ss, g.B, g.G * g.taps(), g.Ho, g.Wo);
@@ -95,12 +108,26 @@ inline BackwardChoice choose_backward(const Geometry& g, const Strides4& gos, co
     c.grad_input_plan = tiled::plan_tiled(tiled::Kernel::GradInput, g,
                                           inputs_contiguous && nchw_contiguous(gis, g.B, g.C, g.H, g.W),
                                           facts.tiled_dtype, limits.x, limits.y, limits.target_blocks);
-    c.grad_input = c.grad_input_plan.use ? Path::Tiled : Path::Generic;
+    if (c.grad_input_plan.use) {
+      c.grad_input = Path::Tiled;
+    } else {
+      c.grad_input_nhwc = nhwc::plan_nhwc(NhwcKernel::GradInput, g, gos, ss, gis, facts.tiled_dtype,
+                                          facts.element_bytes, facts.vector_aligned, limits.x, limits.y,
+                                          limits.target_blocks);
+      c.grad_input = c.grad_input_nhwc.use ? Path::TiledNhwc : Path::Generic;
+    }
   }
   if (want_filters) {
     c.filter_grads_plan = tiled::plan_tiled(tiled::Kernel::FilterGrads, g, inputs_contiguous, facts.tiled_dtype,
                                             limits.x, limits.y, limits.target_blocks);
-    c.filter_grads = c.filter_grads_plan.use ? Path::Tiled : Path::Generic;
+    if (c.filter_grads_plan.use) {
+      c.filter_grads = Path::Tiled;
+    } else {
+      c.filter_grads_nhwc = nhwc::plan_nhwc(NhwcKernel::FilterGrads, g, xs, ss, gos, facts.tiled_dtype,
+                                            facts.element_bytes, facts.vector_aligned, limits.x, limits.y,
+                                            limits.target_blocks);
+      c.filter_grads = c.filter_grads_nhwc.use ? Path::TiledNhwc : Path::Generic;
+    }
   }
   return c;
 }

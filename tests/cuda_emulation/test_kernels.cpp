@@ -78,7 +78,7 @@ struct Case {
   bool grad_channel = true;
   // The kernels this case must take (ddf_cuda_tiled_plan.h): Any, or every launch tiled.
   bool expect_tiled = false;
-  // The forward must take the channels_last kernels (ddf_cuda_nhwc_plan.h).
+  // Every launch must take the channels_last kernels (ddf_cuda_nhwc_plan.h).
   bool expect_nhwc = false;
   // The spatial filter NCHW whatever the layout (a 1x1 convolution that is not channels_last
   // feeding a channels_last input).
@@ -304,9 +304,15 @@ void compare(const Case& c, const char* what, const Tensor4<T>& got, const std::
 // ones (so the tiled tests cannot silently test the generic kernels).
 void check_paths(const Case& c, ddf::cuda::Path forward, const ddf::cuda::BackwardPaths& backward) {
   using ddf::cuda::Path;
-  if (c.expect_nhwc && forward != Path::TiledNhwc) {
-    std::fprintf(stderr, "FAILED [%s]: the forward did not run the channels_last kernels\n", c.name().c_str());
-    ++failures;
+  if (c.expect_nhwc) {
+    const Path paths[3] = {forward, backward.grad_input, backward.filter_grads};
+    const char* names[3] = {"forward", "grad_input", "filter gradients"};
+    for (int i = 0; i < 3; ++i) {
+      if (paths[i] != Path::TiledNhwc) {
+        std::fprintf(stderr, "FAILED [%s]: %s did not run the channels_last kernels\n", c.name().c_str(), names[i]);
+        ++failures;
+      }
+    }
   }
   if (!c.expect_tiled) return;
   const Path paths[3] = {forward, backward.grad_input, backward.filter_grads};
@@ -447,15 +453,15 @@ std::vector<Case> channel_step_cases() {
   return cases;
 }
 
-// The channels_last forward (ddf_cuda_nhwc_kernels.cuh): every k x stride x dilation x heads x
-// combine in float32 (heads of 4 channels take 16-byte vectors, heads of 1 one channel per
-// thread), then every dtype over geometries that reach each part of the plan: several pixels
-// per thread, partial tiles in both directions, several channel blocks, idle channel lanes,
-// C not a multiple of the vector, heads of one channel, views that break the alignment
-// (scalar path) or keep it (vector path), an NCHW spatial filter, and the channel filter
-// contiguous (as networks make it) or channels_last. The backward of these
-// runs the generic kernels (no grad_channel_filter: its generic kernel is the slowest to
-// emulate and other cases cover it).
+// The channels_last kernels (ddf_cuda_nhwc_kernels.cuh, ddf_cuda_nhwc_backward_kernels.cuh),
+// forward and backward: every k x stride x dilation x heads x combine in float32 (heads of 4
+// channels take 16-byte vectors, heads of 1 one channel per thread), then every dtype over
+// geometries that reach each part of the plans: several pixels per thread, partial tiles in
+// both directions, several channel blocks (heads over several blocks: partial sums of
+// grad_spatial_filter; several heads in a block), idle channel lanes, C not a multiple of the
+// vector, heads of one channel, views that break the alignment (scalar path) or keep it
+// (vector path), an NCHW spatial filter, and the channel filter contiguous (as networks make
+// it) or channels_last.
 std::vector<Case> nhwc_cases() {
   std::vector<Case> cases;
   for (int64_t k : {3, 5, 7})
@@ -473,6 +479,12 @@ std::vector<Case> nhwc_cases() {
       {1, 16, 14, 14, 3, 1, 1, 1, Combine::Mul, DType::F32, Layout::ChannelsLast},
       // 136 channels: two channel blocks, the second of one vector (float) or less.
       {1, 136, 5, 6, 3, 2, 1, 1, Combine::Add, DType::F32, Layout::ChannelsLast},
+      // 264 channels in one head: three blocks of it (two in 8-channel vectors), the last
+      // of 8 channels; grad_spatial_filter as partial sums.
+      {1, 264, 5, 6, 3, 1, 1, 1, Combine::Mul, DType::F32, Layout::ChannelsLast},
+      // Heads of 24 channels (6 or 3 lanes, not a power of two): 5 heads (float) or 10 in a
+      // block, the shuffle tree's segments start mid-power-of-two.
+      {1, 240, 5, 4, 3, 10, 2, 1, Combine::Add, DType::F32, Layout::ChannelsLast},
       // 24 channels: idle channel lanes; odd map, several tiles each way, stride 2.
       {2, 24, 21, 19, 5, 3, 2, 1, Combine::Mul, DType::F32, Layout::ChannelsLast},
       // C = 6, 12: not a multiple of the vector (one channel per thread); heads of one channel.
@@ -510,10 +522,7 @@ std::vector<Case> nhwc_cases() {
     c.cf_nchw = !c.cf_nchw;
     cases.push_back(c);
   }
-  for (Case& c : cases) {
-    c.expect_nhwc = true;
-    c.grad_channel = false;
-  }
+  for (Case& c : cases) c.expect_nhwc = true;
   return cases;
 }
 
@@ -533,9 +542,11 @@ std::vector<Case> all_cases(bool subset) {
     // The tiled kernels with several channel steps per block, and lanes: TSan sees the
     // barriers between steps, lanes and warps.
     cases.insert(cases.end(), step_cases.begin(), step_cases.end());
-    // The channels_last forward: vectors (two channel blocks, idle lanes) and scalars.
+    // The channels_last kernels: vectors (two channel blocks, idle lanes) and scalars (the
+    // 240- and 264-channel cases add no barrier or shared-memory pattern: left to the plain
+    // and ASan runs).
     for (const Case& c : nhwc_cases())
-      if (c.C >= 24 || c.layout == Layout::ChannelsLastSliced) cases.push_back(c);
+      if ((c.C >= 24 && c.C <= 136) || c.layout == Layout::ChannelsLastSliced) cases.push_back(c);
     return cases;
   }
   // Every (k, stride, dilation, heads, combine) in float64 NCHW, at an odd and an even size;
@@ -605,7 +616,6 @@ std::vector<Case> all_cases(bool subset) {
       Case c{2, 8, 9, 11, 3, 2, s, 1, m, DType::F32, Layout::ChannelsLast};
       c.nonfinite = true;
       c.expect_nhwc = true;
-      c.grad_channel = false;
       cases.push_back(c);
     }
   // Tiny sizes (smaller than the kernel), every k.

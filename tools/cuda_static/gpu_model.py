@@ -23,8 +23,7 @@ side, on each device of DEVICES (H100 SXM, H200):
                 busiest SM (tail). Bandwidth shares against copy bandwidth.
 
 Designs: "generic", "tiled" (NCHW) and "nhwc" (contiguous channels_last: the channels_last
-forward, plan from torch.ops.ddf._cuda_nhwc_plan; its backward, the tiled NCHW kernels on NCHW
-copies, counted with the copies). The issue-18 targets are judged on the conservative column
+forward, grad_input and filter gradients, plans from torch.ops.ddf._cuda_nhwc_plan). The issue-18 targets are judged on the conservative column
 of "tiled" (targets()), issue 19's on that of "nhwc" (targets_nhwc()); a miss prints where
 the time goes (launch, issue, DRAM, serial staging + compute, the tail). Neither column
 models: too few warps to reach the sustained issue rate, shared-memory bank conflicts, L1
@@ -181,17 +180,21 @@ class NhwcPlan:
     tiles: int
     channel_blocks: int
     shared_bytes: int
+    head_blocks: int  # the filter gradients: blocks per head (1: whole heads in a block)
+    head_lanes: int  # the filter gradients: shuffle-tree width over a head's lanes
 
 
-def plan_nhwc(B: int, C: int, H: int, W: int, k: int, G: int, s: int, d: int, element_bytes: int) -> Optional[NhwcPlan]:
-    """The channels_last forward's plan for a contiguous channels_last call, or None when the
-    call takes the generic kernels (torch.ops.ddf._cuda_nhwc_plan, csrc/cuda/ddf_cuda_nhwc_plan.h)."""
+def plan_nhwc(B: int, C: int, H: int, W: int, k: int, G: int, s: int, d: int, element_bytes: int,
+              kernel: str = "forward") -> Optional[NhwcPlan]:
+    """A channels_last kernel's plan (forward, grad_input or filter_grads) for a contiguous
+    channels_last call, or None when the call takes the generic kernels
+    (torch.ops.ddf._cuda_nhwc_plan, csrc/cuda/ddf_cuda_nhwc_plan.h)."""
     import torch
 
     load_library()
     if not hasattr(torch.ops.ddf, "_cuda_nhwc_plan"):
         raise RuntimeError("the loaded ddf library has no _cuda_nhwc_plan op: rebuild it (make build)")
-    fields = torch.ops.ddf._cuda_nhwc_plan(B, C, H, W, k, G, s, d, element_bytes)
+    fields = torch.ops.ddf._cuda_nhwc_plan(B, C, H, W, k, G, s, d, element_bytes, kernel)
     return NhwcPlan(*fields[1:]) if fields[0] else None
 
 
@@ -858,12 +861,87 @@ def nhwc_work(p: NhwcPlan, ns: NhwcSass, per_sm: int, B: int, S: int, k: int, mo
     return BlockWork(blocks, threads, per_sm, sum(parts.values()), dram_rounds, main_trips + rest_trips, moved, parts)
 
 
-# A layout-changing copy (torch's, NHWC <-> NCHW): taken at copy bandwidth, which a transposing
-# copy may not reach (an assumption: no cubin of torch's is read), in blocks of 256 threads
-# that move 4 elements each, 8 blocks per SM, one round trip per block.
-def copy_work(elements: int, e: int) -> BlockWork:
-    blocks = _ceil_div(elements, 1024)
-    return BlockWork(blocks, 256, 8, 8 * 4 * 8, 1, 0, 2 * e * elements, {"copy": 8 * 4 * 8})
+@dataclasses.dataclass
+class NhwcGradSass:
+    """The channels_last filter-gradient kernel's SASS as the model counts it
+    (csrc/cuda/ddf_cuda_nhwc_backward_kernels.cuh)."""
+
+    round: int  # one (pixel, tap) of a thread: the cheapest full path through the round loop
+    shuffle_step: int  # one step of the head's shuffle tree (unrolled in the round loop)
+    store: int  # the grad_spatial_filter store of a head's first lane
+    tap: int  # the tap loop's own code, once per tap (the sums' stores to shared memory)
+    sum_trip: int  # one channel's sum: the sum loop's own code
+    sum_inner: int  # its inner loop over the pixel lanes, per trip
+    sum_unroll: int  # pixel lanes per inner trip (its shared loads)
+    stage: NhwcSass  # the channel-filter staging, counted as the forward's
+
+
+def nhwc_filter_grads_sass(insns: List[Tuple[int, str, str]]) -> NhwcGradSass:
+    """The tap loop is the loop with the barrier; inside it, the round loop is the one that
+    loads from global memory and shuffles, the sum loop the one that stores to global memory
+    and holds the loop over the pixel lanes (shared loads). Of the round loop's paths, the one
+    with the most FFMA and the fewest instructions (cheapest_full_path) skips the head's
+    shuffle steps and the store: they are added back, per step (from one SHFL.DOWN to the next)
+    and per (pixel, tap) (from the tree's last add to the first store)."""
+    every = list(walk(loops_of(insns)))
+    taps = [lp for lp in every if lp.has("BAR")]
+    if len(taps) != 1:
+        raise ValueError("unexpected loop structure: the model needs updating for this kernel")
+    tap = taps[0]
+    rounds = [lp for lp in tap.children if lp.has("LDG") and lp.has("SHFL")]
+    sums = [lp for lp in tap.children if lp.has("STG") and lp.children]
+    if len(rounds) != 1 or len(sums) != 1:
+        raise ValueError("unexpected loop structure: the model needs updating for this kernel")
+    lp = rounds[0]
+    _, path = cheapest_full_path(insns, lp.start, lp.end)
+    body = [(a, op) for a, op, _ in insns if lp.start <= a <= lp.end]
+    shfl = [i for i, (_, op) in enumerate(body) if op.startswith("SHFL.DOWN")]
+    step = shfl[1] - shfl[0] if len(shfl) > 1 else 4
+    stores = [i for i, (_, op) in enumerate(body) if op.startswith("STG")]
+    tree_end = next((i for i in range(shfl[-1], len(body)) if body[i][1].startswith("FADD")), shfl[-1]) if shfl else 0
+    store = stores[0] - tree_end if stores else 0
+    inner = min(sums[0].children, key=lambda l: l.size)
+    stages = [l for l in every if l.has("LDG") and l.has("STS") and not l.has("SHFL")]
+
+    def loads(l: Loop, op: str = "LDG") -> int:
+        return sum(o.startswith(op) for o in l.ops)
+
+    unroll = max(loads(l) for l in stages)
+    main = min((l for l in stages if loads(l) == unroll), key=lambda l: l.size)
+    rest = [l for l in stages if loads(l) < unroll]
+    covered = set()
+    for x in every:
+        covered.update(range(x.start, x.end + 1, 16))
+    outside = sum(1 for a, _, _ in insns if a not in covered)
+    staging = NhwcSass(0, main.size, unroll, min(l.size for l in rest) if rest else 0, outside)
+    return NhwcGradSass(path, step, store, tap.own, sums[0].own, inner.size, max(loads(inner, "LDS"), 1), staging)
+
+
+def nhwc_filter_grads_work(p: NhwcPlan, ng: NhwcGradSass, per_sm: int, B: int, S: int, k: int,
+                           moved: float) -> BlockWork:
+    """The conservative model's view of one channels_last filter-gradient launch. Per block and
+    tap, every warp runs every round (the shuffles keep whole warps together): the round path,
+    the head's shuffle steps (log2 head_lanes) and the store (some lane of every warp is a
+    head's first); then the tap's own code, and the warps that hold a channel of the block sum
+    the pixel lanes' sums. Memory: the first tap's rounds are DRAM round trips on the block's
+    critical path, the other taps' loads hit L1 (the same grad_output, the neighbouring input),
+    and each tap's barrier and sums are one L2 round trip (their stores)."""
+    threads, warps = 256, 8
+    kk = k * k
+    pixel_lanes = threads // p.channel_lanes
+    rounds = _ceil_div(p.tile_w * p.tile_h, pixel_lanes)
+    steps = max(p.head_lanes.bit_length() - 1, 0)
+    sum_warps = min(warps, _ceil_div(p.block_channels, 32))  # warps with a channel to sum (one trip each)
+    per_round = ng.round + steps * ng.shuffle_step + ng.store
+    elements = _ceil_div(kk * p.block_channels, threads)
+    main_trips, rest_trips = divmod(elements, max(ng.stage.stage_loads, 1))
+    parts = {"filter staging": warps * (main_trips * ng.stage.stage + rest_trips * ng.stage.stage_rest),
+             "rounds": kk * warps * rounds * per_round,
+             "channel-filter sums": kk * (warps * ng.tap + sum_warps * (
+                 ng.sum_trip + _ceil_div(pixel_lanes, ng.sum_unroll) * ng.sum_inner)),
+             "prologue/epilogue": warps * ng.stage.outside}
+    blocks = p.tiles * p.channel_blocks * B
+    return BlockWork(blocks, threads, per_sm, sum(parts.values()), rounds, main_trips + rest_trips + kk, moved, parts)
 
 
 def model(funcs, res, dtype: str, gpu: Gpu = H100_SXM) -> List[Row]:
@@ -924,6 +1002,31 @@ def model(funcs, res, dtype: str, gpu: Gpu = H100_SXM) -> List[Row]:
         generic("grad_channel", rf"4cuda19grad_channel_kernelI{tag}LNS_7CombineE0E", e * (out + x + sf + cf),
                 cf, GENERIC_SASS["grad_channel"] * S * S, B * C * kk)
 
+        def partial_sums(design: str, tiles: int, splits: int) -> None:
+            """The fixed-order sums of the filter gradients' partials: one thread per result
+            element, whose loop (read from the SASS) runs once per tile or split."""
+            for what, count, reads in (("channel", cf, tiles if tiles > 1 else 0),
+                                       ("spatial", sf, splits if splits > 1 else 0)):
+                if reads == 0:
+                    continue
+                name = fn(rf"tiled{len(what) + 20}sum_{what}_partials_kernelI{tag}E")
+                loop = min((l for l in walk(loops_of(funcs[name])) if not l.children and l.has("LDG")),
+                           key=lambda l: l.size)
+                regs, smem = usage(name)
+                occ = occupancy_of(regs, 256, smem, 0)
+                n = 4 * count * reads + e * count
+                unroll = sum(1 for op in loop.ops if op.startswith("LDG"))  # independent loads per trip
+                per = loop.size * reads / unroll
+                sum_blocks = _ceil_div(count, 256)
+                trips = _ceil_div(reads, unroll)
+                every = list(walk(loops_of(funcs[name])))
+                outer = _enclosing(loop, every)  # the grid-stride loop: its own code once per element
+                per_thread = loop.size * trips + (outer.own if outer else 0)
+                work = BlockWork(sum_blocks, 256, occ.blocks_per_sm, 8 * per_thread, trips, 0, n)
+                rows.append(row(shape, dtype, design, f"sum_{what}_partials", 0, n, per, per, count, regs,
+                                occ.fraction, estimate_time(n, per * count, occ.fraction, min(unroll, reads), e,
+                                                            sum_blocks, gpu=gpu), work=work))
+
         # Tiled kernels.
         for kernel, pattern, reducing in (
             ("forward", rf"tiled20tiled_forward_kernelI{tag}LNS_7CombineE0ELi3ELi1E", False),
@@ -967,56 +1070,46 @@ def model(funcs, res, dtype: str, gpu: Gpu = H100_SXM) -> List[Row]:
             rows.append(row(shape, dtype, "tiled", kernel, min_b, moved, sass, inner, outputs, regs, occ.fraction, t,
                             work=work))
             if kernel == "filter_grads":
-                # The fixed-order sums of the partials: one thread per result element, whose
-                # loop (read from the SASS) runs once per tile or split.
-                for what, count, reads in (("channel", cf, p.tiles if p.tiles > 1 else 0),
-                                           ("spatial", sf, p.splits if p.splits > 1 else 0)):
-                    if reads == 0:
-                        continue
-                    name = fn(rf"tiled{len(what) + 20}sum_{what}_partials_kernelI{tag}E")
-                    loop = min((l for l in walk(loops_of(funcs[name])) if not l.children and l.has("LDG")),
-                               key=lambda l: l.size)
-                    regs, smem = usage(name)
-                    occ = occupancy_of(regs, 256, smem, 0)
-                    n = 4 * count * reads + e * count
-                    unroll = sum(1 for op in loop.ops if op.startswith("LDG"))  # independent loads per trip
-                    per = loop.size * reads / unroll
-                    sum_blocks = _ceil_div(count, 256)
-                    trips = _ceil_div(reads, unroll)
-                    every = list(walk(loops_of(funcs[name])))
-                    outer = _enclosing(loop, every)  # the grid-stride loop: its own code once per element
-                    per_thread = loop.size * trips + (outer.own if outer else 0)
-                    work = BlockWork(sum_blocks, 256, occ.blocks_per_sm, 8 * per_thread, trips, 0, n)
-                    rows.append(row(shape, dtype, "tiled", f"sum_{what}_partials", 0, n, per, per, count, regs,
-                                    occ.fraction, estimate_time(n, per * count, occ.fraction, min(unroll, reads), e,
-                                                                sum_blocks, gpu=gpu), work=work))
-        # The channels_last forward; its backward runs the tiled NCHW kernels on NCHW copies
-        # (backward_via_nchw_copies in csrc/cuda/ddf_cuda_paths.h): those rows, plus the copies.
+                partial_sums("tiled", p.tiles, p.splits)
+        # The channels_last kernels: forward, grad_input (the same loop structure, over the
+        # input map) and the filter gradients, with their partial sums.
         p = plan_nhwc(B, C, S, S, K, 1, 1, 1, e)
         if p is not None:
-            name = fn(rf"nhwc19nhwc_forward_kernelI{tag}LNS_7CombineE0ELi3ELi1ELi{p.vector}E")
-            ns = nhwc_sass(funcs[name])
+            for kernel, min_b, outputs in (("forward", e * (x + cf + sf + out), out),
+                                           ("grad_input", e * (out + cf + sf + x), x)):
+                q = plan_nhwc(B, C, S, S, K, 1, 1, 1, e, kernel)
+                name = fn(rf"nhwc{len(kernel) + 12}nhwc_{kernel}_kernelI{tag}LNS_7CombineE0ELi3ELi1ELi{q.vector}E")
+                ns = nhwc_sass(funcs[name])
+                regs, smem = usage(name)
+                occ = occupancy_of(regs, 256, smem, q.shared_bytes)
+                moved = min_b - e * sf + e * sf * q.channel_blocks
+                work = nhwc_work(q, ns, occ.blocks_per_sm, B, S, K, moved)
+                sass = ns.pixel / q.vector
+                t = estimate_time(moved, sass * outputs, occ.fraction, K * K, e, work.blocks, 256, gpu=gpu)
+                rows.append(row(shape, dtype, "nhwc", kernel, min_b, moved, sass, sass, outputs, regs, occ.fraction, t,
+                                work=work))
+            q = plan_nhwc(B, C, S, S, K, 1, 1, 1, e, "filter_grads")
+            name = fn(rf"nhwc24nhwc_filter_grads_kernelI{tag}LNS_7CombineE0ELi3ELi1ELi{q.vector}E")
+            ng = nhwc_filter_grads_sass(funcs[name])
             regs, smem = usage(name)
-            occ = occupancy_of(regs, 256, smem, p.shared_bytes)
-            min_b = e * (x + cf + sf + out)
-            moved = e * (x + out + cf + sf * p.channel_blocks)
-            work = nhwc_work(p, ns, occ.blocks_per_sm, B, S, K, moved)
-            sass = ns.pixel / p.vector
-            t = estimate_time(moved, sass * out, occ.fraction, K * K, e, work.blocks, 256, gpu=gpu)
-            rows.append(row(shape, dtype, "nhwc", "forward", min_b, moved, sass, sass, out, regs, occ.fraction, t,
+            occ = occupancy_of(regs, 256, smem, q.shared_bytes)
+            min_b = e * (out + x + cf + sf + cf + sf)
+            channel = e * cf if q.tiles == 1 else 4 * q.tiles * B * C * kk
+            spatial = e * sf if q.head_blocks == 1 else 4 * sf * q.head_blocks
+            moved = e * (out + x + cf + sf * q.channel_blocks) + channel + spatial
+            work = nhwc_filter_grads_work(q, ng, occ.blocks_per_sm, B, S, K, moved)
+            thread_channels = q.block_channels // q.channel_lanes
+            sass = (ng.round + max(q.head_lanes.bit_length() - 1, 0) * ng.shuffle_step) * kk / thread_channels
+            t = estimate_time(moved, sass * out, occ.fraction, 2 * thread_channels // q.vector, e, work.blocks, 256,
+                              gpu=gpu)
+            rows.append(row(shape, dtype, "nhwc", "filter_grads", min_b, moved, sass, sass, out, regs, occ.fraction, t,
                             work=work))
-            rows.extend([dataclasses.replace(r, design="nhwc") for r in rows
-                         if r.shape == shape and r.design == "tiled" and r.kernel in BACKWARD])
-            for what, n in (("grad_output", out), ("input", x), ("spatial_filter", sf), ("grad_input", x),
-                            ("grad_spatial_filter", sf)):
-                rows.append(row(shape, dtype, "nhwc", f"copy {what}", 0, 2 * e * n, 0, 0, n, 0, 1.0,
-                                2 * e * n / gpu.dram_bw, work=copy_work(n, e)))
+            partial_sums("nhwc", q.tiles, q.head_blocks)
     return rows
 
 
 
-BACKWARD = ("grad_input", "grad_spatial", "grad_channel", "filter_grads", "sum_channel_partials", "sum_spatial_partials",
-            "copy grad_output", "copy input", "copy spatial_filter", "copy grad_input", "copy grad_spatial_filter")
+BACKWARD = ("grad_input", "grad_spatial", "grad_channel", "filter_grads", "sum_channel_partials", "sum_spatial_partials")
 
 
 def summarize(rows: List[Row]) -> List[dict]:
@@ -1103,7 +1196,7 @@ def targets_nhwc(rows: List[Row]) -> List[Tuple[bool, str]]:
                       f"{TARGET_NHWC_OVER_GENERIC:.0f}x)"))
         ok = s["cons_ratio"] <= TARGET_BWD_OVER_FWD
         lines.append((ok, f"{where}: channels_last backward {s['cons_ratio']:.2f}x forward (target <= "
-                          f"{TARGET_BWD_OVER_FWD}; the backward runs the NCHW tiled kernels on NCHW copies)"
+                          f"{TARGET_BWD_OVER_FWD})"
                           + ("" if ok else ": " + ", ".join(f"{r.kernel} {r.cons_s * 1e6:.1f}" for r in s["backward"]) + " µs")))
     return lines
 
