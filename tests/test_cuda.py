@@ -140,7 +140,8 @@ def test_network_sized_calls_match_the_float64_reference(call, dtype, layout):
     forward_path = torch.ops.ddf._cuda_plan(x, cf, sf, stride, dilation, combine, None)
     backward_path = torch.ops.ddf._cuda_plan(x, cf, sf, stride, dilation, combine, go)
     assert forward_path.startswith("tiled_nhwc" if layout == "channels_last" else "tiled"), forward_path
-    assert "generic" not in backward_path, backward_path
+    nhwc = "tiled_nhwc" if layout == "channels_last" else "tiled"
+    assert backward_path == f"grad_input={nhwc} filter_grads={nhwc}", backward_path
     out = ddf_ops.ddf(x, cf, sf, stride, dilation, combine)
     grads = torch.autograd.grad(out, (x, cf, sf), go)
     leaves = [t.detach().double().requires_grad_() for t in (x, cf, sf)]

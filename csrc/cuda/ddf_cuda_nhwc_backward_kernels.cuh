@@ -83,7 +83,8 @@ __device__ __forceinline__ void grad_input_pixel(const scalar_t* __restrict__ go
   result.store(gi + (tt.b * g.on + y * g.oh + x * g.ow + tt.out_c));
 }
 
-// Tiles of the input map (H x W); the taps' tensor is grad_output (plan kind GradInput).
+// Tiles of the input map (H x W); the taps' tensor is grad_output (plan kind GradInput), its
+// offsets from tap 0 backwards.
 template <typename scalar_t, Combine M, int K, int S, int V>
 __global__ void __launch_bounds__(kBlockThreads, kMinBlocks<K, V>) nhwc_grad_input_kernel(
     const scalar_t* __restrict__ go,
@@ -92,34 +93,10 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocks<K, V>) nhwc_grad_inp
     scalar_t* __restrict__ gi,
     NhwcGeometry g) {
   DDF_DYNAMIC_SHARED(float, filters);
-  const int b = blockIdx.z, c_block = int(blockIdx.y) * g.block_channels;
-  const int block_channels = std::min(g.block_channels, g.C - c_block);
-  stage_channel_filters<scalar_t, K, V>(filters, cf, cs, b, c_block, block_channels);
-  __syncthreads();
-
-  const int lane_c = threadIdx.x & (g.channel_lanes - 1), lane_p = threadIdx.x / g.channel_lanes;
-  const int pixel_lanes = kBlockThreads / g.channel_lanes;
-  if (lane_c * V >= block_channels) return;  // no barrier follows
-  ThreadTaps<K> tt;  // (the taps' offsets: in grad_output, from tap 0 backwards)
-  tt.b = b;
-  tt.c0 = c_block + lane_c * V;
-  tt.head = tt.c0 / g.cph;
-  tt.out_c = tt.c0 * g.oc;
-  tt.row_step = g.dilation * g.xh;
-  tt.span = (K - 1) * g.dilation;
-#pragma unroll
-  for (int j = 0; j < K; ++j) tt.col[j] = j * g.dilation * g.xw;
-  const float* f = filters + lane_c * lane_filter_floats(K, V);
-  const int y0 = int(blockIdx.x) / g.tiles_x * g.tile_h, x0 = int(blockIdx.x) % g.tiles_x * g.tile_w;
-  int py = lane_p / g.tile_w, px = lane_p - py * g.tile_w;
-  const int step_y = pixel_lanes / g.tile_w, step_x = pixel_lanes - step_y * g.tile_w;
-#pragma unroll 1
-  for (int p = lane_p; p < g.tile_w * g.tile_h; p += pixel_lanes) {
-    const int y = y0 + py, x = x0 + px;
-    if (y < g.H && x < g.W) grad_input_pixel<scalar_t, M, K, S, V>(go, sf, gi, f, g, tt, y, x);
-    py += step_y, px += step_x;
-    if (px >= g.tile_w) px -= g.tile_w, ++py;
-  }
+  for_each_tile_pixel<scalar_t, K, V>(cf, cs, g, filters, g.H, g.W,
+                                      [&](const ThreadTaps<K>& tt, const float* f, int y, int x) {
+                                        grad_input_pixel<scalar_t, M, K, S, V>(go, sf, gi, f, g, tt, y, x);
+                                      });
 }
 
 // V floats to shared memory: 16-byte stores when V > 1 (p is 16-byte aligned: see its caller).

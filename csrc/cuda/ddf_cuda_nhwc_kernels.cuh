@@ -243,16 +243,15 @@ __device__ __forceinline__ void forward_pixel(const scalar_t* __restrict__ x, co
   result.store(out + (tt.b * g.on + oy * g.oh + ox * g.ow + tt.out_c));
 }
 
-template <typename scalar_t, Combine M, int K, int S, int V>
-__global__ void __launch_bounds__(kBlockThreads, kMinBlocks<K, V>) nhwc_forward_kernel(
-    const scalar_t* __restrict__ x,
-    const scalar_t* __restrict__ cf, Strides4 cs,
-    const scalar_t* __restrict__ sf,
-    scalar_t* __restrict__ out,
-    NhwcGeometry g) {
-  constexpr int kLaneFloats = lane_filter_floats(K, V);
-  // Per channel lane, its channels' filters [K*K][V] (lane_filter_floats).
-  DDF_DYNAMIC_SHARED(float, filters);
+// The block of the forward and of grad_input: stage the block's channel filters, set up the
+// thread's channels and its taps' column offsets in the taps' tensor (g.x*), then call
+// pixel(tt, f, y, x) for each of the thread's pixels of the tile inside the map_h x map_w map
+// (f: the thread's staged channel filters). The pixels are lane_p, lane_p + pixel_lanes, ...
+// of the tile (row-major), walked as (row, column) without a division per pixel.
+template <typename scalar_t, int K, int V, typename Pixel>
+__device__ __forceinline__ void for_each_tile_pixel(const scalar_t* __restrict__ cf, const Strides4& cs,
+                                                    const NhwcGeometry& g, float* filters, int map_h, int map_w,
+                                                    Pixel&& pixel) {
   const int b = blockIdx.z, c_block = int(blockIdx.y) * g.block_channels;
   const int block_channels = std::min(g.block_channels, g.C - c_block);
   stage_channel_filters<scalar_t, K, V>(filters, cf, cs, b, c_block, block_channels);
@@ -270,19 +269,32 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocks<K, V>) nhwc_forward_
   tt.span = (K - 1) * g.dilation;
 #pragma unroll
   for (int j = 0; j < K; ++j) tt.col[j] = j * g.dilation * g.xw;  // < 2^31: a pixel's taps lie inside when used
-  const float* f = filters + lane_c * kLaneFloats;
+  const float* f = filters + lane_c * lane_filter_floats(K, V);
   const int y0 = int(blockIdx.x) / g.tiles_x * g.tile_h, x0 = int(blockIdx.x) % g.tiles_x * g.tile_w;
-  // The thread's pixels: lane_p, lane_p + pixel_lanes, ... of the tile (row-major), walked as
-  // (row, column) without a division per pixel.
   int py = lane_p / g.tile_w, px = lane_p - py * g.tile_w;
   const int step_y = pixel_lanes / g.tile_w, step_x = pixel_lanes - step_y * g.tile_w;
 #pragma unroll 1
   for (int p = lane_p; p < g.tile_w * g.tile_h; p += pixel_lanes) {
-    const int oy = y0 + py, ox = x0 + px;
-    if (oy < g.Ho && ox < g.Wo) forward_pixel<scalar_t, M, K, S, V>(x, sf, out, f, g, tt, oy, ox);
+    const int y = y0 + py, x = x0 + px;
+    if (y < map_h && x < map_w) pixel(tt, f, y, x);
     py += step_y, px += step_x;
     if (px >= g.tile_w) px -= g.tile_w, ++py;
   }
+}
+
+template <typename scalar_t, Combine M, int K, int S, int V>
+__global__ void __launch_bounds__(kBlockThreads, kMinBlocks<K, V>) nhwc_forward_kernel(
+    const scalar_t* __restrict__ x,
+    const scalar_t* __restrict__ cf, Strides4 cs,
+    const scalar_t* __restrict__ sf,
+    scalar_t* __restrict__ out,
+    NhwcGeometry g) {
+  // Per channel lane, its channels' filters [K*K][V] (lane_filter_floats).
+  DDF_DYNAMIC_SHARED(float, filters);
+  for_each_tile_pixel<scalar_t, K, V>(cf, cs, g, filters, g.Ho, g.Wo,
+                                      [&](const ThreadTaps<K>& tt, const float* f, int oy, int ox) {
+                                        forward_pixel<scalar_t, M, K, S, V>(x, sf, out, f, g, tt, oy, ox);
+                                      });
 }
 
 }  // namespace nhwc
