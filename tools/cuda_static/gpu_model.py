@@ -792,32 +792,39 @@ class NhwcSass:
     outside: int  # instructions in no loop, counted once per warp (every branch's: conservative)
 
 
-def nhwc_sass(insns: List[Tuple[int, str, str]]) -> NhwcSass:
-    """The pixel loop is the loop that stores (STG); of the paths through it, the one with the
-    most FFMA and the fewest instructions (cheapest_full_path): a pixel with every tap inside
-    the image and the spatial filter's taps contiguous. The staging loops load and store to
-    shared memory; the kernel has two pairs (a contiguous channel filter, any strides), each an
-    unrolled loop and its remainder: the model takes the cheapest of each kind (the contiguous
-    filter's, what networks pass)."""
-    every = list(walk(loops_of(insns)))
-    pixel_loops = [lp for lp in every if lp.has("STG")]
-    stages = [lp for lp in every if lp.has("LDG") and lp.has("STS") and not lp.has("STG")]
-    if len(pixel_loops) != 1 or not stages or pixel_loops[0].children:
+def _loads(lp: Loop, op: str = "LDG") -> int:
+    return sum(o.startswith(op) for o in lp.ops)
+
+
+def nhwc_staging(insns: List[Tuple[int, str, str]], every: List[Loop], stages: List[Loop], pixel: int) -> NhwcSass:
+    """A channels_last kernel's channel-filter staging and its code in no loop. The staging
+    loops load and store to shared memory; the kernel has two pairs (a contiguous channel
+    filter, any strides), each an unrolled loop and its remainder: the model takes the cheapest
+    of each kind (the contiguous filter's, what networks pass)."""
+    if not stages:
         raise ValueError("unexpected loop structure: the model needs updating for this kernel")
-    lp = pixel_loops[0]
-    _, pixel = cheapest_full_path(insns, lp.start, lp.end)
     covered = set()
     for x in every:
         covered.update(range(x.start, x.end + 1, 16))
     outside = sum(1 for a, _, _ in insns if a not in covered)
-
-    def loads(l: Loop) -> int:
-        return sum(op.startswith("LDG") for op in l.ops)
-
-    unroll = max(loads(l) for l in stages)
-    main = min((l for l in stages if loads(l) == unroll), key=lambda l: l.size)
-    rest = [l for l in stages if loads(l) < unroll]
+    unroll = max(_loads(l) for l in stages)
+    main = min((l for l in stages if _loads(l) == unroll), key=lambda l: l.size)
+    rest = [l for l in stages if _loads(l) < unroll]
     return NhwcSass(pixel, main.size, unroll, min(l.size for l in rest) if rest else 0, outside)
+
+
+def nhwc_sass(insns: List[Tuple[int, str, str]]) -> NhwcSass:
+    """The pixel loop is the loop that stores (STG); of the paths through it, the one with the
+    most FFMA and the fewest instructions (cheapest_full_path): a pixel with every tap inside
+    the image and the spatial filter's taps contiguous. The staging as nhwc_staging()."""
+    every = list(walk(loops_of(insns)))
+    pixel_loops = [lp for lp in every if lp.has("STG")]
+    if len(pixel_loops) != 1 or pixel_loops[0].children:
+        raise ValueError("unexpected loop structure: the model needs updating for this kernel")
+    lp = pixel_loops[0]
+    _, pixel = cheapest_full_path(insns, lp.start, lp.end)
+    stages = [l for l in every if l.has("LDG") and l.has("STS") and not l.has("STG")]
+    return nhwc_staging(insns, every, stages, pixel)
 
 
 def nhwc_pixel_iterations(p: NhwcPlan, map_h: int, map_w: int, threads: int = 256) -> List[float]:
@@ -902,19 +909,8 @@ def nhwc_filter_grads_sass(insns: List[Tuple[int, str, str]]) -> NhwcGradSass:
     store = stores[0] - tree_end if stores else 0
     inner = min(sums[0].children, key=lambda l: l.size)
     stages = [l for l in every if l.has("LDG") and l.has("STS") and not l.has("SHFL")]
-
-    def loads(l: Loop, op: str = "LDG") -> int:
-        return sum(o.startswith(op) for o in l.ops)
-
-    unroll = max(loads(l) for l in stages)
-    main = min((l for l in stages if loads(l) == unroll), key=lambda l: l.size)
-    rest = [l for l in stages if loads(l) < unroll]
-    covered = set()
-    for x in every:
-        covered.update(range(x.start, x.end + 1, 16))
-    outside = sum(1 for a, _, _ in insns if a not in covered)
-    staging = NhwcSass(0, main.size, unroll, min(l.size for l in rest) if rest else 0, outside)
-    return NhwcGradSass(path, step, store, tap.own, sums[0].own, inner.size, max(loads(inner, "LDS"), 1), staging)
+    staging = nhwc_staging(insns, every, stages, 0)
+    return NhwcGradSass(path, step, store, tap.own, sums[0].own, inner.size, max(_loads(inner, "LDS"), 1), staging)
 
 
 def nhwc_filter_grads_work(p: NhwcPlan, ng: NhwcGradSass, per_sm: int, B: int, S: int, k: int,
