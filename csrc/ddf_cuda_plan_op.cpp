@@ -152,13 +152,14 @@ std::vector<int64_t> cuda_tiled_filter_grads_wave(int64_t k) {
   return {kWaveSms, filter_grads_blocks_per_sm(int(k))};
 }
 
-// [kWaveSms, blocks_per_sm(k), kGradBlocksPerSm]: the waves the channels_last plans fill (the
-// forward's and grad_input's, the filter gradients'). tests/test_cuda_resources.py checks the
-// blocks per SM against the cubins.
-std::vector<int64_t> cuda_nhwc_wave(int64_t k) {
+// [kWaveSms, blocks_per_sm(k, vector), kGradBlocksPerSm]: the waves the channels_last plans
+// fill (the forward's and grad_input's with `vector` channels per thread, the filter
+// gradients'). tests/test_cuda_resources.py checks the blocks per SM against the cubins.
+std::vector<int64_t> cuda_nhwc_wave(int64_t k, int64_t vector) {
   using namespace ddf::cuda::nhwc;
   TORCH_CHECK(k == 3 || k == 5 || k == 7, "_cuda_nhwc_wave: k must be 3, 5 or 7, got ", k);
-  return {kWaveSms, blocks_per_sm(int(k)), kGradBlocksPerSm};
+  TORCH_CHECK(vector == 1 || vector == 4 || vector == 8, "_cuda_nhwc_wave: vector must be 1, 4 or 8, got ", vector);
+  return {kWaveSms, blocks_per_sm(int(k), int(vector)), kGradBlocksPerSm};
 }
 
 // [forward, grad_input, filter_grads]: each tiled kernel's halo slots (halo_slots()), for
@@ -179,7 +180,7 @@ TORCH_LIBRARY_FRAGMENT(ddf, m) {
       "_cuda_nhwc_plan(int B, int C, int H, int W, int k, int G, int stride, int dilation, int element_bytes, "
       "str kernel=\"forward\") -> int[]",
       &cuda_nhwc_plan);
-  m.def("_cuda_nhwc_wave(int k) -> int[]", &cuda_nhwc_wave);
+  m.def("_cuda_nhwc_wave(int k, int vector) -> int[]", &cuda_nhwc_wave);
   m.def("_cuda_tiled_halo_slots() -> int[]", &cuda_tiled_halo_slots);
   m.def("_cuda_tiled_filter_grads_wave(int k) -> int[]", &cuda_tiled_filter_grads_wave);
   m.def("_cuda_tiled_shared_budget() -> int[]", &cuda_tiled_shared_budget);

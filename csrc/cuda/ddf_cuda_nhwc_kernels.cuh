@@ -152,17 +152,16 @@ __device__ __forceinline__ void stage_channel_filters(float* filters, const scal
 // one at a time for k = 5, 7 (all 25 or 49 in flight took 128+ registers and spilled).
 template <int K>
 constexpr int kUnrolledRows = K == 3 ? K : 1;
-// Blocks per SM asked of the compiler: for k = 3, 4 with one- and 4-channel vectors (64
-// registers; 3 on sm_86/sm_89, where 4-channel vectors spilled 8 bytes at 64) and 3 with 8
-// (80: at 64 they spilled); 2 for k = 5, 7 (up to 128). No spill, no stack on sm_80-sm_90
-// (make cuda-resources).
+// Blocks per SM asked of the compiler: the plan's blocks_per_sm (its waves assume them), but 3
+// for k = 3 with one- and 4-channel vectors on sm_86/sm_89, where 4-channel vectors spilled 8
+// bytes at 64 registers. No spill, no stack on sm_80-sm_90 (make cuda-resources).
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 860 || __CUDA_ARCH__ == 890)
-constexpr int kNarrowVectorBlocks = 3;
-#else
-constexpr int kNarrowVectorBlocks = 4;
-#endif
 template <int K, int V>
-constexpr int kMinBlocks = K == 3 ? (V == 8 ? 3 : kNarrowVectorBlocks) : 2;
+constexpr int kMinBlocks = K == 3 && V != 8 ? 3 : blocks_per_sm(K, V);
+#else
+template <int K, int V>
+constexpr int kMinBlocks = blocks_per_sm(K, V);
+#endif
 
 // What a thread keeps for all its pixels: its channels' place and the taps' column offsets.
 template <int K>

@@ -31,12 +31,16 @@ constexpr int kBlockThreads = 256;
 constexpr int kVectorBytes = 16;
 // Output pixels each thread computes (one after another, for all its channels) at most: more
 // amortize the block's channel-filter staging and the thread's setup; the plan takes fewer
-// where that fills the GPU's waves of blocks better (plan_nhwc).
-constexpr int kMaxPixelsPerThread = 6;
-// A wave of blocks: the SMs of an H100 / H200 SXM times the blocks each holds (the fewest any
-// dtype holds: kMinBlocks in ddf_cuda_nhwc_kernels.cuh).
+// where that fills the GPU's waves of blocks better (plan_nhwc). 8, not 6: a 7 x 7 map (and a
+// 7 x 7 tile of 14 x 14) is then one tile of 8 pixel lanes x 7 pixels, not 2-3 smaller ones
+// whose staging and setup the block repeats.
+constexpr int kMaxPixelsPerThread = 8;
+// A wave of blocks: the SMs of an H100 / H200 SXM times the blocks of the forward (and
+// grad_input) kernel each holds on sm_90 with `vector` channels per thread, as their launch
+// bounds ask (kMinBlocks in ddf_cuda_nhwc_kernels.cuh): for k = 3, 4 with one- and 4-channel
+// vectors (64 registers) and 3 with 8 (80: at 64 they spilled); 2 for k = 5, 7 (up to 128).
 constexpr int64_t kWaveSms = 132;
-constexpr int blocks_per_sm(int k) { return k == 3 ? 3 : 2; }
+constexpr int blocks_per_sm(int k, int vector) { return k == 3 ? (vector == 8 ? 3 : 4) : 2; }
 // Widest tile row, in pixels: a block's pixels form a near-square tile, so the input rows its
 // taps read (the halo) are few per pixel and mostly hit L1/L2.
 constexpr int kMaxTileWidth = 8;
@@ -177,7 +181,7 @@ inline NhwcPlan plan_nhwc(NhwcKernel kind, const Geometry& geo, const Strides4& 
   // filter gradients' sums; a partial last wave costs a whole one), the most pixels on a tie.
   const int64_t tile_w = ceil_div(map_w, ceil_div(map_w, int64_t(kMaxTileWidth)));
   const int64_t wave =
-      wave_blocks > 0 ? wave_blocks : kWaveSms * (filter_grads ? kGradBlocksPerSm : blocks_per_sm(int(k)));
+      wave_blocks > 0 ? wave_blocks : kWaveSms * (filter_grads ? kGradBlocksPerSm : blocks_per_sm(int(k), p.vector));
   const int64_t most = filter_grads ? kMaxGradPixelsPerThread : kMaxPixelsPerThread;
   const int64_t overhead = filter_grads ? kGradBlockOverhead : 1;
   int64_t tile_h = 0, tiles_x = ceil_div(map_w, tile_w), tiles = 0, best = -1;
