@@ -186,8 +186,10 @@ BackwardPaths launch_backward(
     if (paths.filter_grads == Path::TiledNhwc) {
       const nhwc::NhwcPlan& q = c.filter_grads_nhwc;
       // Partial sums: grad_channel_filter per tile unless the map is one tile;
-      // grad_spatial_filter per block of a head unless each head is in one block.
-      const bool one_tile = q.grid_x == 1, one_block = q.g.head_blocks == 1;
+      // grad_spatial_filter per block of a head unless each head is in one block (and the
+      // result's planes take 32-bit offsets).
+      const bool one_tile = q.grid_x == 1;
+      const bool one_block = q.g.head_blocks == 1 && nhwc::spatial_plane_fits(gss, g.Ho, g.Wo);
       const int64_t channel_count = g.B * g.C * kk, spatial_count = g.B * g.G * kk * g.Ho * g.Wo;
       float* channel_partial = want_channel && !one_tile ? workspace(q.grid_x * channel_count) : nullptr;
       float* spatial_partial = want_spatial && !one_block ? workspace(q.g.head_blocks * spatial_count) : nullptr;

@@ -120,7 +120,8 @@ constexpr int kMaxVectors = V == 1 ? 1 : kGradChannels / V;
 // kind FilterGrads). A thread holds g.vectors vectors of V channels (consecutive channels of
 // one head). channel_partial: [tiles][B][C][k*k] floats, or channel_direct (a map of one
 // tile) with gcs; spatial_partial: [head_blocks][B][G*k*k][Ho][Wo] floats, or spatial_direct
-// (head_blocks == 1) with gss. A null pair: that gradient is not computed.
+// (head_blocks == 1) with gss, whose offsets within a (b, head, tap) plane fit in int
+// (spatial_plane_fits). A null pair: that gradient is not computed.
 template <typename scalar_t, Combine M, int K, int S, int V>
 __global__ void __launch_bounds__(kBlockThreads, kGradBlocksPerSm) nhwc_filter_grads_kernel(
     const scalar_t* __restrict__ go,
@@ -165,6 +166,8 @@ __global__ void __launch_bounds__(kBlockThreads, kGradBlocksPerSm) nhwc_filter_g
   const float* f = filters + lane_c * g.vectors * kLaneFloats;  // the thread's first vector's
   const int y0 = int(blockIdx.x) / g.tiles_x * g.tile_h, x0 = int(blockIdx.x) % g.tiles_x * g.tile_w;
   const int area = g.tile_w * g.tile_h, rounds = (area + pixel_lanes - 1) / pixel_lanes;
+  // The thread's first pixel of the tile and the step between its pixels, as (row, column).
+  const int py0 = lane_p / g.tile_w, px0 = lane_p - py0 * g.tile_w;
   const int step_y = pixel_lanes / g.tile_w, step_x = pixel_lanes - step_y * g.tile_w;
   const int64_t channel_count = int64_t(B) * g.C * KK, spatial_count = int64_t(B) * G * KK * g.Ho * g.Wo;
 
@@ -173,6 +176,9 @@ __global__ void __launch_bounds__(kBlockThreads, kGradBlocksPerSm) nhwc_filter_g
   const int sf_thread = b * g.sn + head * KK * g.sc;
   float* spatial_thread = spatial_partial == nullptr ? nullptr
       : spatial_partial + split * spatial_count + (int64_t(b) * G + head) * KK * g.Ho * g.Wo;
+  // A (pixel, tap)'s grad_spatial_filter lies at oy * plane_h + ox * plane_w in its tap's plane.
+  const bool spatial = spatial_direct != nullptr || spatial_partial != nullptr;
+  const int plane_h = spatial_direct != nullptr ? int(gss.h) : g.Wo, plane_w = spatial_direct != nullptr ? int(gss.w) : 1;
 
 #pragma unroll 1
   for (int t = 0; t < KK; ++t) {
@@ -180,8 +186,6 @@ __global__ void __launch_bounds__(kBlockThreads, kGradBlocksPerSm) nhwc_filter_g
     const int tap_y = i * g.dilation - g.pad, tap_x = j * g.dilation - g.pad;
     const float* ft = f + t * V;  // the tap's channel filters of the thread's first vector
     const int sf_tap = sf_thread + t * g.sc;
-    // (The result of a (pixel, tap): a 64-bit offset into grad_spatial_filter, or 32-bit
-    // into the partials, whose plane of Ho x Wo floats per tap is below 2^31.)
     scalar_t* direct_tap = spatial_direct == nullptr ? nullptr : spatial_direct + gss.offset(b, head * KK + t, 0, 0);
     float* partial_tap = spatial_thread == nullptr ? nullptr : spatial_thread + int64_t(t) * g.Ho * g.Wo;
     float gc[NV][V];
@@ -189,7 +193,7 @@ __global__ void __launch_bounds__(kBlockThreads, kGradBlocksPerSm) nhwc_filter_g
     for (int q = 0; q < NV; ++q)
 #pragma unroll
       for (int u = 0; u < V; ++u) gc[q][u] = 0.f;
-    int py = lane_p / g.tile_w, px = lane_p - py * g.tile_w;
+    int py = py0, px = px0;
 #pragma unroll 1
     for (int r = 0; r < rounds; ++r) {
       const int oy = y0 + py, ox = x0 + px;
@@ -224,11 +228,12 @@ __global__ void __launch_bounds__(kBlockThreads, kGradBlocksPerSm) nhwc_filter_g
         const float other = __shfl_down_sync(0xffffffffu, part, 1 << s, g.channel_lanes);
         if (adds[s]) part += other;
       }
-      if (active && pixel && pos == 0) {
+      if (spatial && active && pixel && pos == 0) {
+        const int at = oy * plane_h + ox * plane_w;
         if (direct_tap != nullptr) {
-          direct_tap[oy * gss.h + ox * gss.w] = narrow<scalar_t>(part);
-        } else if (partial_tap != nullptr) {
-          partial_tap[oy * g.Wo + ox] = part;
+          direct_tap[at] = narrow<scalar_t>(part);
+        } else {
+          partial_tap[at] = part;
         }
       }
       py += step_y, px += step_x;

@@ -63,6 +63,15 @@ constexpr int kGradChannels = 16;
 
 enum class NhwcKernel { Forward, GradInput, FilterGrads };
 
+// The filter-gradient kernel writes grad_spatial_filter itself (a head in one block) only when
+// the offsets within one (b, head, tap) plane of it fit in int: its per-pixel offset is 32-bit.
+// Else it writes float partials, and the sum kernel (64-bit offsets) writes the result. (A
+// dense result always fits where its spatial filter passed the plan's reach check.)
+inline bool spatial_plane_fits(const Strides4& gss, int64_t Ho, int64_t Wo) {
+  return gss.h >= 0 && gss.w >= 0 && gss.h <= kMaxIndex && gss.w <= kMaxIndex &&
+         (Ho - 1) * gss.h + (Wo - 1) * gss.w <= kMaxIndex;
+}
+
 // What the kernel needs besides its pointers; 32-bit because the plan only takes offsets below
 // 2^31. Strides in elements. "x": the tensor the taps read (channel stride 1); "o": the tensor
 // at the tile's pixels (see the table above).
