@@ -82,7 +82,7 @@ std::vector<int64_t> cuda_nhwc_plan(int64_t B, int64_t C, int64_t H, int64_t W, 
                                             limits.x, limits.y);
   if (!p.use) return {0};
   return {1, p.vector, p.g.channel_lanes, p.g.block_channels, p.g.tile_w, p.g.tile_h, p.grid_x, p.grid_y,
-          static_cast<int64_t>(p.shared_bytes), p.g.head_blocks, p.g.head_lanes};
+          static_cast<int64_t>(p.shared_bytes), p.g.head_blocks, p.g.head_lanes, p.g.steps_w};
 }
 
 // torch.ops.ddf._cuda_plan: which CUDA kernels a call takes (ddf_cuda_paths.h), through the

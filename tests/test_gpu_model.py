@@ -3,6 +3,7 @@ torch.ops.ddf._cuda_tiled_plan), its SASS loop analysis, each effect of the cons
 estimate (pure functions, hand-computed cases), and a run on the built library (a CUDA build:
 the cubins are read, no GPU is needed)."""
 
+import dataclasses
 import functools
 import re
 import subprocess
@@ -430,15 +431,65 @@ def test_nhwc_sass_counts_the_interior_pixel_and_the_staging_loops():
     assert (ns.stage, ns.stage_loads, ns.stage_rest, ns.outside) == (5, 2, 3, 3)
 
 
+# A pixel loop (0x40-0x160) stepping two pixels: a row loop per spatial-filter layout (0x60-0x90
+# and 0xb0-0xe0, 4 instructions a trip), entered past the checks, each leaving for the stores of
+# both pixels (0xf0, 0x100); the fallback (0x120-0x140) takes one pixel at a time.
+NHWC_PAIR_SASS = """
+        Function : pair
+        /*0000*/                   S2R R0, SR_TID.X ;
+        /*0010*/                   LDG.E R2, desc[UR4][R4.64] ;
+        /*0020*/                   STS [R8], R2 ;
+        /*0030*/               @P0 BRA 0x10 ;
+        /*0040*/               @P1 BRA 0x120 ;
+        /*0050*/               @P2 BRA 0xb0 ;
+        /*0060*/                   LDG.E.128 R12, desc[UR4][R10.64] ;
+        /*0070*/                   FFMA R20, R12, R14, R20 ;
+        /*0080*/                   FFMA R21, R13, R15, R21 ;
+        /*0090*/               @P3 BRA 0x60 ;
+        /*00a0*/                   BRA 0xf0 ;
+        /*00b0*/                   LDG.E.128 R12, desc[UR4][R10.64] ;
+        /*00c0*/                   IMAD R10, R10, R11, RZ ;
+        /*00d0*/                   FFMA R20, R12, R14, R20 ;
+        /*00e0*/               @P3 BRA 0xb0 ;
+        /*00f0*/                   STG.E.128 desc[UR4][R16.64], R20 ;
+        /*0100*/                   STG.E.128 desc[UR4][R18.64], R24 ;
+        /*0110*/                   BRA 0x150 ;
+        /*0120*/                   LDG.E.128 R12, desc[UR4][R10.64] ;
+        /*0130*/                   FFMA R20, R12, R14, R20 ;
+        /*0140*/                   STG.E.128 desc[UR4][R16.64], R20 ;
+        /*0150*/                   IADD3 R1, R1, 0x1, RZ ;
+        /*0160*/               @P5 BRA 0x40 ;
+        /*0170*/                   EXIT ;
+        .........................
+"""
+
+
+def test_nhwc_sass_counts_a_pair_step_through_its_row_loop():
+    ns = gm.nhwc_sass(gm.sass_functions(NHWC_PAIR_SASS)["pair"], k=3)
+    # Through the first row loop: in 0x40, 0x50 (2); 3 trips of 4; out 0xa0, 0xf0, 0x100,
+    # 0x110, 0x150 and the loop's branch (6): 20. Through the second: in 0x40, 0x50 (2); 3 x 4;
+    # out 0xf0, 0x100, 0x110, 0x150 and the branch (5): 19, the cheaper.
+    assert ns.pixel == 2 + 3 * 4 + 5
+    assert (ns.stage, ns.stage_loads, ns.stage_rest) == (3, 1, 0)
+
+
 def test_nhwc_pixel_iterations_by_hand():
     # 16 channel lanes (16 pixel lanes per block, two per warp), tiles of 8 x 8 = 64 pixels:
     # each thread takes pixels lp, lp + 16, lp + 32, lp + 48: 4 iterations, every warp. On a
     # 7 x 8 map the tile's last row is missing: pixels 48-55 remain for iteration 3, those of
     # pixel lanes 0-7 (warps 0-3); warps 4-7 iterate 3 times with a pixel.
     p = gm.NhwcPlan(vector=4, channel_lanes=16, block_channels=64, tile_w=8, tile_h=8, tiles=1, channel_blocks=1,
-                    shared_bytes=0, head_blocks=1, head_lanes=16)
+                    shared_bytes=0, head_blocks=1, head_lanes=16, steps_w=8)
     assert gm.nhwc_pixel_iterations(p, 8, 8) == [4.0] * 8
     assert gm.nhwc_pixel_iterations(p, 7, 8) == [4.0] * 4 + [3.0] * 4
+    # In pairs (rows of 4 steps of 2 pixels), 32 steps: 2 iterations each. On a 7 x 8 map the
+    # last row's steps 28-31 are missing: those of pixel lanes 12-15 (warps 6, 7); a 8 x 7 map
+    # keeps every step (the last of a row is one pixel).
+    pairs = dataclasses.replace(p, steps_w=4)
+    assert pairs.step == 2
+    assert gm.nhwc_pixel_iterations(pairs, 8, 8) == [2.0] * 8
+    assert gm.nhwc_pixel_iterations(pairs, 7, 8) == [2.0] * 6 + [1.0] * 2
+    assert gm.nhwc_pixel_iterations(pairs, 8, 7) == [2.0] * 8
     ns = gm.NhwcSass(pixel=100, stage=40, stage_loads=4, stage_rest=10, outside=50)
     work = gm.nhwc_work(p, ns, per_sm=3, B=2, S=8, k=3, moved=1e6)
     # 9 x 64 filter values over 256 threads: 3 each = no unrolled trip + 3 remainder trips.
@@ -451,7 +502,7 @@ def test_nhwc_filter_grads_work_by_hand():
     # 4 channel lanes of 16 channels (64 pixel lanes), an 8 x 8 tile: one round per tap; heads
     # of 4 lanes (2 shuffle steps); 2 warps hold the block's 64 channels for the sums.
     p = gm.NhwcPlan(vector=4, channel_lanes=4, block_channels=64, tile_w=8, tile_h=8, tiles=1, channel_blocks=1,
-                    shared_bytes=0, head_blocks=1, head_lanes=4)
+                    shared_bytes=0, head_blocks=1, head_lanes=4, steps_w=8)
     ng = gm.NhwcGradSass(round=100, shuffle_step=5, store=10, tap=30, sum_trip=20, sum_inner=8, sum_unroll=4,
                          stage=gm.NhwcSass(pixel=0, stage=40, stage_loads=4, stage_rest=10, outside=50))
     work = gm.nhwc_filter_grads_work(p, ng, per_sm=2, B=2, S=8, k=3, moved=1e6)

@@ -61,20 +61,32 @@ __device__ __forceinline__ void grad_input_pixel(const scalar_t* __restrict__ go
     result.store(gi + (tt.b * g.on + y * g.oh + x * g.ow + tt.out_c));
     return;
   }
+  using Vector = ChannelVector<scalar_t, V>;
 #pragma unroll(kUnrolledRows<K>)
   for (int i = 0; i < K; ++i) {
     const int ty = top - i * g.dilation;  // oy * S
     if (ty < 0 || (S == 2 && (ty & 1))) continue;
     const int oy = ty / S;
     if (oy >= g.Ho) continue;
+    // The row's taps in two phases (zero_value()): the guarded raw loads, then the widening
+    // and the adds of the taps that read an output pixel.
+    bool reads[K];
+    typename Vector::Raw raw[K];
+    scalar_t s_raw[K];
 #pragma unroll
     for (int j = 0; j < K; ++j) {
       const int tx = left - j * g.dilation;
-      if (tx < 0 || (S == 2 && (tx & 1))) continue;
       const int ox = tx / S;
-      if (ox >= g.Wo) continue;
-      const float s = widen(sf[sf_head + (i * K + j) * g.sc + oy * g.sh + ox * g.sw]);
-      add_tap<scalar_t, M, V>(go + (tt.b * g.xn + oy * g.xh + ox * g.xw + tt.c0), f + (i * K + j) * V, s, acc);
+      reads[j] = tx >= 0 && (S == 1 || !(tx & 1)) && ox < g.Wo;
+      raw[j] = reads[j] ? Vector::load_raw(go + (tt.b * g.xn + oy * g.xh + ox * g.xw + tt.c0)) : Vector::zero_raw();
+      s_raw[j] = reads[j] ? sf[sf_head + (i * K + j) * g.sc + oy * g.sh + ox * g.sw] : zero_value<scalar_t>();
+    }
+#pragma unroll
+    for (int j = 0; j < K; ++j) {
+      if (!reads[j]) continue;
+      Vector in;
+      in.widen_raw(raw[j]);
+      add_tap<scalar_t, M, V>(in, f + (i * K + j) * V, widen(s_raw[j]), acc);
     }
   }
   ChannelVector<scalar_t, V> result;
@@ -93,10 +105,10 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocks<K, V>) nhwc_grad_inp
     scalar_t* __restrict__ gi,
     NhwcGeometry g) {
   DDF_DYNAMIC_SHARED(float, filters);
-  for_each_tile_pixel<scalar_t, K, V>(cf, cs, g, filters, g.H, g.W,
-                                      [&](const ThreadTaps<K>& tt, const float* f, int y, int x) {
-                                        grad_input_pixel<scalar_t, M, K, S, V>(go, sf, gi, f, g, tt, y, x);
-                                      });
+  for_each_tile_pixel<scalar_t, K, V, 1>(cf, cs, g, filters, g.H, g.W,
+                                         [&](const ThreadTaps<K>& tt, const float* f, int y, int x, int) {
+                                           grad_input_pixel<scalar_t, M, K, S, V>(go, sf, gi, f, g, tt, y, x);
+                                         });
 }
 
 // V floats to shared memory: 16-byte stores when V > 1 (p is 16-byte aligned: see its caller).
@@ -167,8 +179,8 @@ __global__ void __launch_bounds__(kBlockThreads, kGradBlocksPerSm) nhwc_filter_g
   const int y0 = int(blockIdx.x) / g.tiles_x * g.tile_h, x0 = int(blockIdx.x) % g.tiles_x * g.tile_w;
   const int area = g.tile_w * g.tile_h, rounds = (area + pixel_lanes - 1) / pixel_lanes;
   // The thread's first pixel of the tile and the step between its pixels, as (row, column).
+  // (Steps of one pixel: g.steps_w == g.tile_w, the walk g.walk_y rows and g.walk_x columns.)
   const int py0 = lane_p / g.tile_w, px0 = lane_p - py0 * g.tile_w;
-  const int step_y = pixel_lanes / g.tile_w, step_x = pixel_lanes - step_y * g.tile_w;
   const int64_t channel_count = int64_t(B) * g.C * KK, spatial_count = int64_t(B) * G * KK * g.Ho * g.Wo;
 
   // Offsets that do not change with the tap or the pixel.
@@ -236,7 +248,7 @@ __global__ void __launch_bounds__(kBlockThreads, kGradBlocksPerSm) nhwc_filter_g
           partial_tap[at] = part;
         }
       }
-      py += step_y, px += step_x;
+      py += g.walk_y, px += g.walk_x;
       if (px >= g.tile_w) px -= g.tile_w, ++py;
     }
     if (channel_partial == nullptr && channel_direct == nullptr) continue;  // (uniform: no barrier skipped by some)

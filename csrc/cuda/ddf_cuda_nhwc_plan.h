@@ -38,9 +38,19 @@ constexpr int kMaxPixelsPerThread = 8;
 // A wave of blocks: the SMs of an H100 / H200 SXM times the blocks of the forward (and
 // grad_input) kernel each holds on sm_90 with `vector` channels per thread, as their launch
 // bounds ask (kMinBlocks in ddf_cuda_nhwc_kernels.cuh): for k = 3, 4 with one- and 4-channel
-// vectors (64 registers) and 3 with 8 (80: at 64 they spilled); 2 for k = 5, 7 (up to 128).
+// vectors (64 registers) and 3 with 8 (80: at 64 they spilled); for k = 5, 3 with one- and
+// 4-channel vectors (80: they take 46-80) and 2 with 8; 2 for k = 7 (up to 128).
 constexpr int64_t kWaveSms = 132;
-constexpr int blocks_per_sm(int k, int vector) { return k == 3 ? (vector == 8 ? 3 : 4) : 2; }
+constexpr int blocks_per_sm(int k, int vector) {
+  return k == 3 ? (vector == 8 ? 3 : 4) : k == 5 && vector != 8 ? 3 : 2;
+}
+// Output pixels a forward thread computes side by side in one step: two horizontal neighbours
+// for k = 3, stride 1 with 8-channel vectors (half precision, issue-bound: a half tap costs a
+// widening besides its two float operations), which share the input columns their taps read
+// (per tap row K + 1 vectors loaded and widened, not 2K) and each tap's staged channel
+// filters; else one. (The pair's path needs dilation 1; other dilations take it one pixel
+// at a time.) The tile walk steps by it, and the plan counts tile rows in steps.
+constexpr int pixels_per_step(int k, int s, int vector) { return k == 3 && s == 1 && vector == 8 ? 2 : 1; }
 // Widest tile row, in pixels: a block's pixels form a near-square tile, so the input rows its
 // taps read (the halo) are few per pixel and mostly hit L1/L2.
 constexpr int kMaxTileWidth = 8;
@@ -90,6 +100,11 @@ struct NhwcGeometry {
   int head_blocks;
   int head_lanes;      // a power of two >= the channel lanes of a head in a block (shuffle steps)
   int tile_w, tile_h, tiles_x;  // the block's tile of the pixels' map; blockIdx.x = tile_y * tiles_x + tile_x
+  // The walk over a tile: rows of steps_w steps of pixels_per_step pixels (the filter
+  // gradients and grad_input: 1), a thread's next step walk_y rows and walk_x steps on (its
+  // pixel lanes apart). From the plan, so that they sit in the kernel's parameters, not in
+  // registers across its pixel loop.
+  int steps_w, walk_y, walk_x;
 };
 
 // Shared floats of one channel lane's staged channel filters: [k*k][V], padded so that 16-byte
@@ -182,23 +197,26 @@ inline NhwcPlan plan_nhwc(NhwcKernel kind, const Geometry& geo, const Strides4& 
   while (head_lanes < lanes && head_lanes * thread_channels < std::min(cph, block_channels)) head_lanes *= 2;
   p.shared_bytes = bytes();
 
-  // The tile: rows of up to kMaxTileWidth pixels, balanced over the map (28 columns: 4 tiles of
-  // 7, not 3 of 8 and one of 4), as many rows as the block's pixels make, balanced too. Of 1 to
-  // kMaxPixelsPerThread pixels per thread (the filter gradients: kMaxGradPixelsPerThread), the
-  // one whose waves x (pixels per thread + 1) is least (a block's time is about a pixel's per
-  // pixel, plus about one for its channel-filter staging and setup, kGradBlockOverhead for the
-  // filter gradients' sums; a partial last wave costs a whole one), the most pixels on a tie.
-  const int64_t tile_w = ceil_div(map_w, ceil_div(map_w, int64_t(kMaxTileWidth)));
+  // The tile: rows of up to kMaxTileWidth steps (a step: pixels_per_step pixels of the forward,
+  // else one), balanced over the map (28 columns: 4 tiles of 7, not 3 of 8 and one of 4; in
+  // pairs, 2 of 14), as many rows as the block's steps make, balanced too. Of 1 to
+  // kMaxPixelsPerThread steps per thread (the filter gradients: kMaxGradPixelsPerThread
+  // pixels), the one whose waves x (steps per thread + 1) is least (a block's time is about a
+  // step's per step, plus about one for its channel-filter staging and setup,
+  // kGradBlockOverhead for the filter gradients' sums; a partial last wave costs a whole one),
+  // the most steps on a tie.
+  const int64_t step = kind == NhwcKernel::Forward ? pixels_per_step(int(k), int(s), p.vector) : 1;
+  const int64_t tile_w = ceil_div(map_w, ceil_div(map_w, kMaxTileWidth * step)), steps_w = ceil_div(tile_w, step);
   const int64_t wave =
       wave_blocks > 0 ? wave_blocks : kWaveSms * (filter_grads ? kGradBlocksPerSm : blocks_per_sm(int(k), p.vector));
   const int64_t most = filter_grads ? kMaxGradPixelsPerThread : kMaxPixelsPerThread;
   const int64_t overhead = filter_grads ? kGradBlockOverhead : 1;
   int64_t tile_h = 0, tiles_x = ceil_div(map_w, tile_w), tiles = 0, best = -1;
   for (int64_t pixels = most; pixels >= 1; --pixels) {
-    const int64_t rows = std::max<int64_t>(1, std::min(kBlockThreads / lanes * pixels / tile_w, map_h));
+    const int64_t rows = std::max<int64_t>(1, std::min(kBlockThreads / lanes * pixels / steps_w, map_h));
     const int64_t h = ceil_div(map_h, ceil_div(map_h, rows));
     const int64_t n = tiles_x * ceil_div(map_h, h);
-    const int64_t per_block = ceil_div(tile_w * h, int64_t(kBlockThreads / lanes)) + overhead;
+    const int64_t per_block = ceil_div(steps_w * h, int64_t(kBlockThreads / lanes)) + overhead;
     const int64_t cost = ceil_div(n * channel_blocks * geo.B, wave) * per_block;
     if (best < 0 || cost < best) best = cost, tile_h = h, tiles = n;
   }
@@ -208,7 +226,8 @@ inline NhwcPlan plan_nhwc(NhwcKernel kind, const Geometry& geo, const Strides4& 
   p.g = NhwcGeometry{int(geo.C), int(geo.H), int(geo.W), int(geo.Ho), int(geo.Wo), int(cph), int(geo.dilation),
                      int(geo.pad()), int(xs.n), int(xs.h), int(xs.w), int(os.n), int(os.c), int(os.h), int(os.w), int(ss.n),
                      int(ss.c), int(ss.h), int(ss.w), lanes, per_thread, int(block_channels), int(head_blocks), head_lanes,
-                     int(tile_w), int(tile_h), int(tiles_x)};
+                     int(tile_w), int(tile_h), int(tiles_x), int(steps_w),
+                     int(kBlockThreads / lanes / steps_w), int(kBlockThreads / lanes % steps_w)};
   p.grid_x = unsigned(tiles);
   p.grid_y = unsigned(channel_blocks);
   p.grid_z = unsigned(geo.B);

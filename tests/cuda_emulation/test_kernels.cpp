@@ -475,8 +475,12 @@ std::vector<Case> nhwc_cases() {
             cases.push_back(c);
           }
   const Case geometries[] = {
-      // 14x14, 16 channels: 4 pixels per thread, 2 tiles of 7 columns.
+      // 14x14, 16 channels: 4 pixels per thread, 2 tiles of 7 columns (half precision: one
+      // tile of 7 pairs of pixels; odd widths below, e.g. 9 and 35, end a tile row in a single).
       {1, 16, 14, 14, 3, 1, 1, 1, Combine::Mul, DType::F32, Layout::ChannelsLast},
+      // k = 3, stride 1, dilation 2 in 16 channels: half precision takes its pixels one at a
+      // time (the pairs' shared columns need dilation 1).
+      {1, 16, 9, 11, 3, 2, 1, 2, Combine::Mul, DType::F32, Layout::ChannelsLast},
       // 136 channels: two channel blocks, the second of one vector (float) or less.
       {1, 136, 5, 6, 3, 2, 1, 1, Combine::Add, DType::F32, Layout::ChannelsLast},
       // 264 channels in one head: three blocks of it (two in 8-channel vectors), the last

@@ -182,6 +182,12 @@ class NhwcPlan:
     shared_bytes: int
     head_blocks: int  # the filter gradients: blocks per head (1: whole heads in a block)
     head_lanes: int  # the filter gradients: shuffle-tree width over a head's lanes
+    steps_w: int  # steps of a tile row: tile_w, or ceil(tile_w / 2) where a forward step takes two pixels
+
+    @property
+    def step(self) -> int:
+        """Pixels per step of the pixel loop (pixels_per_step in ddf_cuda_nhwc_plan.h)."""
+        return _ceil_div(self.tile_w, self.steps_w)
 
 
 def plan_nhwc(B: int, C: int, H: int, W: int, k: int, G: int, s: int, d: int, element_bytes: int,
@@ -785,7 +791,7 @@ def tiled_work(kernel: str, p: Plan, ts: TiledSass, tl: TiledLoops, per_sm: int,
 class NhwcSass:
     """The channels_last forward's SASS as the model counts it (csrc/cuda/ddf_cuda_nhwc_kernels.cuh)."""
 
-    pixel: int  # one pixel of a thread's channels: the cheapest full path through the pixel loop
+    pixel: int  # one step (one pixel, or a pair: nhwc_sass) of a thread's channels through the pixel loop
     stage: int  # the channel-filter staging loop's size (the compiler unrolls it)
     stage_loads: int  # its loads per trip (in flight together)
     stage_rest: int  # the remainder loop's size, one load per trip (0: none)
@@ -813,37 +819,74 @@ def nhwc_staging(insns: List[Tuple[int, str, str]], every: List[Loop], stages: L
     return NhwcSass(pixel, main.size, unroll, min(l.size for l in rest) if rest else 0, outside)
 
 
-def nhwc_sass(insns: List[Tuple[int, str, str]]) -> NhwcSass:
-    """The pixel loop is the loop that stores (STG); of the paths through it, the one with the
+def shortest_path(insns: List[Tuple[int, str, str]], start: int, target: int) -> int:
+    """Over straight-line code with forward branches only, the fewest instructions a path from
+    start runs before it reaches target (by falling through or branching there); a path that
+    branches past target, exits or loops back never reaches it."""
+    region = [(a, op, rest) for a, op, rest in insns if start <= a < target]
+    index = {a: i for i, (a, _, _) in enumerate(region)}
+    n, never = len(region), float("inf")
+    best = [never] * n + [0]  # from region[i]; index n: target reached
+    for i in reversed(range(n)):
+        a, op, rest = region[i]
+        succ = []
+        if op.startswith("BRA"):
+            t = _target(rest)
+            if t == target:
+                succ.append(n)
+            elif t is not None and a < t < target:
+                succ.append(index[t])
+            if _predicated(rest) or op == "BRA.DIV":
+                succ.append(i + 1)
+        elif not op.startswith("EXIT") or _predicated(rest):
+            succ.append(i + 1)
+        best[i] = 1 + min((best[j] for j in succ), default=never)
+    if best[0] == never:
+        raise ValueError(f"no path from {start:#x} reaches {target:#x}")
+    return int(best[0])
+
+
+def nhwc_sass(insns: List[Tuple[int, str, str]], k: int = K) -> NhwcSass:
+    """The pixel loop is the loop that stores (STG). Of the paths through it, the one with the
     most FFMA and the fewest instructions (cheapest_full_path): a pixel with every tap inside
-    the image and the spatial filter's taps contiguous. The staging as nhwc_staging()."""
+    the image and the spatial filter's taps contiguous. A pixel loop that holds loops steps two
+    pixels at a time (interior_pair in ddf_cuda_nhwc_kernels.cuh: one loop per spatial-filter
+    layout, k trips over the tap rows): its step costs the shortest way into a row loop, k
+    trips of its cheapest full path and the shortest way from it to the next step, the
+    cheapest of the loops. The staging as nhwc_staging()."""
     every = list(walk(loops_of(insns)))
     pixel_loops = [lp for lp in every if lp.has("STG")]
-    if len(pixel_loops) != 1 or pixel_loops[0].children:
+    if len(pixel_loops) != 1 or any(r.children or r.has("STG") for r in pixel_loops[0].children):
         raise ValueError("unexpected loop structure: the model needs updating for this kernel")
     lp = pixel_loops[0]
-    _, pixel = cheapest_full_path(insns, lp.start, lp.end)
+    if not lp.children:
+        _, pixel = cheapest_full_path(insns, lp.start, lp.end)
+    else:
+        after = {a: b for (a, _, _), (b, _, _) in zip(insns, insns[1:])}
+        pixel = min(shortest_path(insns, lp.start, r.start) + k * cheapest_full_path(insns, r.start, r.end)[1] +
+                    shortest_path(insns, after[r.end], lp.end) + 1 for r in lp.children)
     stages = [l for l in every if l.has("LDG") and l.has("STS") and not l.has("STG")]
     return nhwc_staging(insns, every, stages, pixel)
 
 
 def nhwc_pixel_iterations(p: NhwcPlan, map_h: int, map_w: int, threads: int = 256) -> List[float]:
     """Per warp of a block, the pixel-loop iterations in which some lane of the warp has a pixel
-    of the map (averaged over the tiles): the warp issues the whole pixel then, for every lane
-    (lanes counted as launched). A thread of pixel lane lp takes pixels lp, lp + pixel_lanes, ...
-    of its tile, row-major."""
+    of the map (averaged over the tiles): the warp issues the whole step then, for every lane
+    (lanes counted as launched). A thread of pixel lane lp takes steps lp, lp + pixel_lanes, ...
+    of its tile, row-major in rows of steps_w steps of p.step pixels."""
     pixel_lanes = threads // p.channel_lanes
     tiles_x, tiles_y = _ceil_div(map_w, p.tile_w), _ceil_div(map_h, p.tile_h)
+    steps = p.steps_w * p.tile_h
     per_warp = [0.0] * (threads // 32)
     for ty in range(tiles_y):
         for tx in range(tiles_x):
             for w in range(threads // 32):
                 lanes = sorted({t // p.channel_lanes for t in range(32 * w, 32 * w + 32)})
                 q = 0
-                while any(lp + q * pixel_lanes < p.tile_w * p.tile_h for lp in lanes):
-                    pixels = [lp + q * pixel_lanes for lp in lanes if lp + q * pixel_lanes < p.tile_w * p.tile_h]
-                    if any(ty * p.tile_h + px // p.tile_w < map_h and tx * p.tile_w + px % p.tile_w < map_w
-                           for px in pixels):
+                while any(lp + q * pixel_lanes < steps for lp in lanes):
+                    ours = [lp + q * pixel_lanes for lp in lanes if lp + q * pixel_lanes < steps]
+                    if any(ty * p.tile_h + st // p.steps_w < map_h and tx * p.tile_w + st % p.steps_w * p.step < map_w
+                           for st in ours):
                         per_warp[w] += 1
                     q += 1
     return [n / (tiles_x * tiles_y) for n in per_warp]
@@ -863,7 +906,7 @@ def nhwc_work(p: NhwcPlan, ns: NhwcSass, per_sm: int, B: int, S: int, k: int, mo
              "compute": sum(iterations) * ns.pixel,
              "prologue/epilogue": warps * ns.outside}
     blocks = p.tiles * p.channel_blocks * B
-    dram_rounds = max(_ceil_div(p.tile_w * p.tile_h - lp, threads // p.channel_lanes)
+    dram_rounds = max(_ceil_div(p.steps_w * p.tile_h - lp, threads // p.channel_lanes)
                       for lp in range(threads // p.channel_lanes))
     return BlockWork(blocks, threads, per_sm, sum(parts.values()), dram_rounds, main_trips + rest_trips, moved, parts)
 
@@ -1080,7 +1123,7 @@ def model(funcs, res, dtype: str, gpu: Gpu = H100_SXM) -> List[Row]:
                 occ = occupancy_of(regs, 256, smem, q.shared_bytes)
                 moved = min_b - e * sf + e * sf * q.channel_blocks
                 work = nhwc_work(q, ns, occ.blocks_per_sm, B, S, K, moved)
-                sass = ns.pixel / q.vector
+                sass = ns.pixel / q.vector / q.step
                 t = estimate_time(moved, sass * outputs, occ.fraction, K * K, e, work.blocks, 256, gpu=gpu)
                 rows.append(row(shape, dtype, "nhwc", kernel, min_b, moved, sass, sass, outputs, regs, occ.fraction, t,
                                 work=work))
