@@ -87,7 +87,7 @@ std::vector<int64_t> cuda_nhwc_plan(int64_t B, int64_t C, int64_t H, int64_t W, 
 
 // torch.ops.ddf._cuda_plan: which CUDA kernels a call takes (ddf_cuda_paths.h), through the
 // op's own checks, for tensors on any device (no GPU needed): the forward's path ("tiled",
-// "tiled_nhwc vector=4 lanes=16 tile=8x8", "generic", "none"), or the backward's when
+// "tiled_nhwc vector=4 lanes=16 tile=8x8 step=1", "generic", "none"), or the backward's when
 // grad_output is given ("grad_input=tiled filter_grads=generic"). Results are laid out as the
 // CUDA op lays them out (ddf_checks.h); their data pointers as torch allocates them (aligned).
 std::string cuda_plan(const at::Tensor& input, const at::Tensor& channel_filter, const at::Tensor& spatial_filter,
@@ -114,7 +114,8 @@ std::string cuda_plan(const at::Tensor& input, const at::Tensor& channel_filter,
     std::string out = path_name(c.path);
     if (c.path == Path::TiledNhwc) {
       out += " vector=" + std::to_string(c.nhwc.vector) + " lanes=" + std::to_string(c.nhwc.g.channel_lanes) +
-             " tile=" + std::to_string(c.nhwc.g.tile_w) + "x" + std::to_string(c.nhwc.g.tile_h);
+             " tile=" + std::to_string(c.nhwc.g.tile_w) + "x" + std::to_string(c.nhwc.g.tile_h) +
+             " step=" + std::to_string(nhwc::pixels_per_step(int(g.k), int(g.stride), c.nhwc.vector));
     }
     return out;
   }

@@ -32,6 +32,9 @@ def test_channels_last_resnet_calls_take_the_nhwc_forward(dtype, channels, size,
     x, cf, sf = make_inputs(2, channels, size, size, 3, 1, stride, dtype, "cpu", "channels_last")
     vector = 16 // x.element_size()
     assert cuda_path(x, cf, sf, stride).startswith(f"tiled_nhwc vector={vector} "), cuda_path(x, cf, sf, stride)
+    # Half precision at stride 1 walks its tiles in pairs of pixels (pixels_per_step).
+    step = 2 if vector == 8 and stride == 1 else 1
+    assert cuda_path(x, cf, sf, stride).endswith(f" step={step}"), cuda_path(x, cf, sf, stride)
     # Contiguous NCHW keeps the NCHW tiled kernels.
     xc, cfc, sfc = (t.contiguous() for t in (x, cf, sf))
     assert cuda_path(xc, cfc, sfc, stride) == "tiled"
