@@ -8,7 +8,7 @@
 // block_channels channels, a tile of output pixels). Its threads are channel_lanes x pixel
 // lanes; each thread holds `V` channels of one head (a 16-byte vector: 4 floats or 8 halves;
 // 1 when alignment, the head size or the output's strides forbid) and computes them for up to
-// kMaxPixelsPerThread steps of the tile, one after another (a step: one pixel, or two
+// kMaxStepsPerThread steps of the tile, one after another (a step: one pixel, or two
 // neighbours along a row that share their input columns, pixels_per_step):
 //   - the block stages the channel filters of its channels once, as float, each channel
 //     lane's [k*k][V] together, so a tap of a thread's V channels is one or two 16-byte shared

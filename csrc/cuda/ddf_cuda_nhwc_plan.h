@@ -29,12 +29,12 @@ namespace nhwc {
 constexpr int kBlockThreads = 256;
 // Bytes a thread loads or stores at once along the channels: one 128-bit access.
 constexpr int kVectorBytes = 16;
-// Output pixels each thread computes (one after another, for all its channels) at most: more
-// amortize the block's channel-filter staging and the thread's setup; the plan takes fewer
-// where that fills the GPU's waves of blocks better (plan_nhwc). 8, not 6: a 7 x 7 map (and a
-// 7 x 7 tile of 14 x 14) is then one tile of 8 pixel lanes x 7 pixels, not 2-3 smaller ones
-// whose staging and setup the block repeats.
-constexpr int kMaxPixelsPerThread = 8;
+// Steps (pixels_per_step pixels each) a forward or grad_input thread takes at most, one after
+// another for all its channels: more amortize the block's channel-filter staging and the
+// thread's setup; the plan takes fewer where that fills the GPU's waves of blocks better
+// (plan_nhwc). 8, not 6: a 7 x 7 map (and a 7 x 7 tile of 14 x 14) is then one tile of 8
+// pixel lanes x 7 pixels, not 2-3 smaller ones whose staging and setup the block repeats.
+constexpr int kMaxStepsPerThread = 8;
 // A wave of blocks: the SMs of an H100 / H200 SXM times the blocks of the forward (and
 // grad_input) kernel each holds on sm_90 with `vector` channels per thread, as their launch
 // bounds ask (kMinBlocks in ddf_cuda_nhwc_kernels.cuh): for k = 3, 4 with one- and 4-channel
@@ -200,7 +200,7 @@ inline NhwcPlan plan_nhwc(NhwcKernel kind, const Geometry& geo, const Strides4& 
   // The tile: rows of up to kMaxTileWidth steps (a step: pixels_per_step pixels of the forward,
   // else one), balanced over the map (28 columns: 4 tiles of 7, not 3 of 8 and one of 4; in
   // pairs, 2 of 14), as many rows as the block's steps make, balanced too. Of 1 to
-  // kMaxPixelsPerThread steps per thread (the filter gradients: kMaxGradPixelsPerThread
+  // kMaxStepsPerThread steps per thread (the filter gradients: kMaxGradPixelsPerThread
   // pixels), the one whose waves x (steps per thread + 1) is least (a block's time is about a
   // step's per step, plus about one for its channel-filter staging and setup,
   // kGradBlockOverhead for the filter gradients' sums; a partial last wave costs a whole one),
@@ -209,11 +209,11 @@ inline NhwcPlan plan_nhwc(NhwcKernel kind, const Geometry& geo, const Strides4& 
   const int64_t tile_w = ceil_div(map_w, ceil_div(map_w, kMaxTileWidth * step)), steps_w = ceil_div(tile_w, step);
   const int64_t wave =
       wave_blocks > 0 ? wave_blocks : kWaveSms * (filter_grads ? kGradBlocksPerSm : blocks_per_sm(int(k), p.vector));
-  const int64_t most = filter_grads ? kMaxGradPixelsPerThread : kMaxPixelsPerThread;
+  const int64_t most = filter_grads ? kMaxGradPixelsPerThread : kMaxStepsPerThread;
   const int64_t overhead = filter_grads ? kGradBlockOverhead : 1;
   int64_t tile_h = 0, tiles_x = ceil_div(map_w, tile_w), tiles = 0, best = -1;
-  for (int64_t pixels = most; pixels >= 1; --pixels) {
-    const int64_t rows = std::max<int64_t>(1, std::min(kBlockThreads / lanes * pixels / steps_w, map_h));
+  for (int64_t steps = most; steps >= 1; --steps) {
+    const int64_t rows = std::max<int64_t>(1, std::min(kBlockThreads / lanes * steps / steps_w, map_h));
     const int64_t h = ceil_div(map_h, ceil_div(map_h, rows));
     const int64_t n = tiles_x * ceil_div(map_h, h);
     const int64_t per_block = ceil_div(steps_w * h, int64_t(kBlockThreads / lanes)) + overhead;

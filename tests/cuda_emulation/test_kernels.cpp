@@ -516,8 +516,8 @@ std::vector<Case> nhwc_cases() {
     d.out_nchw = true;
     cases.push_back(d);
   }
-  // Each again with a wave of one block: the plan then gives each thread the most pixels
-  // (kMaxPixelsPerThread) instead of the fewest a small map needs; and with the other
+  // Each again with a wave of one block: the plan then gives each thread the most steps
+  // (kMaxStepsPerThread) instead of the fewest a small map needs; and with the other
   // channel-filter layout (the block stages a contiguous one as one run).
   const size_t n = cases.size();
   for (size_t i = 0; i < n; ++i) {
