@@ -74,6 +74,26 @@ inline dim3 flat_grid(int64_t n, const GridLimits& limits) {
   return dim3(static_cast<unsigned>(std::min(ceil_div(n, int64_t(kThreads)), limits.x)));
 }
 
+// The fixed-order sums of the filter-gradient kernels' float partials (NCHW tiled and
+// channels_last alike), each launched only where its partials exist: grad_channel_filter over
+// `tiles` per-tile partials, grad_spatial_filter over `splits` per-block partials.
+template <typename scalar_t, typename Launch>
+void launch_partial_sums(Launch&& launch, const GridLimits& limits, const float* channel_partial, int64_t tiles,
+                         scalar_t* gcf, Strides4 gcs, const float* spatial_partial, int64_t splits, scalar_t* gsf,
+                         Strides4 gss, const Geometry& g) {
+  const int64_t kk = g.taps();
+  if (channel_partial != nullptr) {
+    const int64_t count = g.B * g.C * kk;
+    launch(tiled::sum_channel_partials_kernel<scalar_t>, flat_grid(count, limits), dim3(kThreads), 0, channel_partial,
+           tiles, g.C, g.k, gcf, gcs, count);
+  }
+  if (spatial_partial != nullptr) {
+    const int64_t count = g.B * g.G * kk * g.Ho * g.Wo;
+    launch(tiled::sum_spatial_partials_kernel<scalar_t>, flat_grid(count, limits), dim3(kThreads), 0, spatial_partial,
+           splits, g.G * kk, g.Ho, g.Wo, gsf, gss, count);
+  }
+}
+
 template <typename scalar_t, Combine M, typename Launch>
 Path launch_forward(
     Launch&& launch, const GridLimits& limits,
@@ -170,16 +190,8 @@ BackwardPaths launch_backward(
                grid_of(p), block_of(p), p.shared_bytes, go, x, cf, cs, sf, channel_partial, channel_direct, gcs, spatial_direct,
                spatial_partial, p.g);
       });
-      if (channel_partial != nullptr) {
-        const int64_t count = g.B * g.C * kk;
-        launch(tiled::sum_channel_partials_kernel<scalar_t>, flat_grid(count, limits), dim3(kThreads), 0,
-               static_cast<const float*>(channel_partial), int64_t(p.grid_x), g.C, g.k, gcf, gcs, count);
-      }
-      if (spatial_partial != nullptr) {
-        launch(tiled::sum_spatial_partials_kernel<scalar_t>, flat_grid(spatial_count, limits), dim3(kThreads), 0,
-               static_cast<const float*>(spatial_partial), int64_t(p.g.splits), g.G * kk, g.Ho, g.Wo, gsf, gss,
-               spatial_count);
-      }
+      launch_partial_sums(launch, limits, channel_partial, int64_t(p.grid_x), gcf, gcs, spatial_partial,
+                          int64_t(p.g.splits), gsf, gss, g);
     }
   }
   if constexpr (kTiledDtype<scalar_t>) {
@@ -200,15 +212,8 @@ BackwardPaths launch_backward(
                q.shared_bytes, go, x, cf, cs, sf, channel_partial, channel_direct, gcs, spatial_partial,
                spatial_direct, gss, q.g);
       });
-      if (channel_partial != nullptr) {
-        launch(tiled::sum_channel_partials_kernel<scalar_t>, flat_grid(channel_count, limits), dim3(kThreads), 0,
-               static_cast<const float*>(channel_partial), int64_t(q.grid_x), g.C, g.k, gcf, gcs, channel_count);
-      }
-      if (spatial_partial != nullptr) {
-        launch(tiled::sum_spatial_partials_kernel<scalar_t>, flat_grid(spatial_count, limits), dim3(kThreads), 0,
-               static_cast<const float*>(spatial_partial), int64_t(q.g.head_blocks), g.G * kk, g.Ho, g.Wo, gsf, gss,
-               spatial_count);
-      }
+      launch_partial_sums(launch, limits, channel_partial, int64_t(q.grid_x), gcf, gcs, spatial_partial,
+                          int64_t(q.g.head_blocks), gsf, gss, g);
     }
   }
   if (paths.filter_grads == Path::Generic) {
