@@ -21,6 +21,10 @@ def cuda_path(x, cf, sf, stride=1, dilation=1, combine="mul", go=None):
     return torch.ops.ddf._cuda_plan(x, cf, sf, stride, dilation, combine, go)
 
 
+# Both passes of a channels_last backward on the channels_last kernels.
+BOTH = "grad_input=tiled_nhwc filter_grads=tiled_nhwc"
+
+
 # ResNet-50's four DDF shapes (channels@size) at batch 2, stride 1 and the stride-2 first block.
 RESNET_SHAPES = [(64, 56), (128, 28), (256, 14), (512, 7)]
 
@@ -57,20 +61,24 @@ def test_mixed_and_unusual_layouts():
     assert cuda_path(x3, cf3, sf3, 3) == "generic"
     # The backward of a channels_last call: the channels_last kernels; float64 the generic ones.
     go = torch.randn(2, 16, 9, 9).to(memory_format=torch.channels_last)
-    assert cuda_path(x, cf, sf, go=go) == "grad_input=tiled_nhwc filter_grads=tiled_nhwc"
+    assert cuda_path(x, cf, sf, go=go) == BOTH
+    # A pass not asked for (output_mask) is not planned.
+    plan = torch.ops.ddf._cuda_plan
+    assert plan(x, cf, sf, 1, 1, "mul", go, [False, True, True]) == "grad_input=none filter_grads=tiled_nhwc"
+    assert plan(x, cf, sf, 1, 1, "mul", go, [True, False, False]) == "grad_input=tiled_nhwc filter_grads=none"
     assert cuda_path(*(t.double() for t in (x, cf, sf)), go=go.double()) == "grad_input=generic filter_grads=generic"
     xc, cfc, sfc, goc = (t.contiguous() for t in (x, cf, sf, go))
     assert cuda_path(xc, cfc, sfc, go=goc) == "grad_input=tiled filter_grads=tiled"
     # A grad_output in another layout than the input's (a user's NCHW gradient; out.sum()'s
     # expanded one) is copied into the input's layout first, never sent to the generic kernels.
-    assert cuda_path(x, cf, sf, go=goc) == "grad_input=tiled_nhwc filter_grads=tiled_nhwc grad_output_to_channels_last"
+    assert cuda_path(x, cf, sf, go=goc) == BOTH + " grad_output_to_channels_last"
     ones = torch.ones(()).expand(2, 16, 9, 9)
-    assert cuda_path(x, cf, sf, go=ones) == "grad_input=tiled_nhwc filter_grads=tiled_nhwc grad_output_to_channels_last"
+    assert cuda_path(x, cf, sf, go=ones) == BOTH + " grad_output_to_channels_last"
     assert cuda_path(xc, cfc, sfc, go=ones) == "grad_input=tiled filter_grads=tiled grad_output_to_nchw"
     assert cuda_path(xc, cfc, sfc, go=go) == "grad_input=tiled filter_grads=tiled grad_output_to_nchw"
     # An NCHW spatial filter with channels_last input and grad_output (a 1x1 convolution that
     # is not channels_last): the channels_last kernels read it with its strides.
-    assert cuda_path(x, cf, sfc, go=go) == "grad_input=tiled_nhwc filter_grads=tiled_nhwc"
+    assert cuda_path(x, cf, sfc, go=go) == BOTH
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -80,7 +88,7 @@ def test_channels_last_resnet_backward_takes_the_nhwc_kernels(dtype, channels, s
     x, cf, sf = make_inputs(2, channels, size, size, 3, 1, stride, dtype, "cpu", "channels_last")
     go = torch.ops.ddf.ddf(x, cf, sf, stride)
     assert go.is_contiguous(memory_format=torch.channels_last)
-    assert cuda_path(x, cf, sf, stride, go=go) == "grad_input=tiled_nhwc filter_grads=tiled_nhwc"
+    assert cuda_path(x, cf, sf, stride, go=go) == BOTH
 
 
 @requires_emulation
@@ -165,6 +173,19 @@ def test_ddf_resnet_block_channels_last_bf16_runs_tiled(stride):
         assert path.startswith("tiled_nhwc vector=8"), path
     for call in calls.backward_calls:
         path = torch.ops.ddf._cuda_plan(*(call[n] for n in DdfCalls.NAMES), call["grad_output"], call["output_mask"])
-        assert path == "grad_input=tiled_nhwc filter_grads=tiled_nhwc", path
+        assert path == BOTH, path
     torch.testing.assert_close(out.float(), cpu_out.float(), rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(grad, cpu_grad, rtol=3e-2, atol=3e-2)
+
+
+def test_filter_gradient_plan_counts_the_partial_sums_launch():
+    """The channels_last filter-gradient plan (ddf_cuda_nhwc_plan.h) weighs a tiling's busiest
+    SM and, for a map of several tiles, the launch that sums the tiles' grad_channel_filter
+    partials: ResNet-50's 7x7 calls at B=64 take one tile (no partial sums; one block per SM),
+    its 56x56 ones seven (the sums cost less than fewer, longer blocks)."""
+    # [use, vector, channel_lanes, block_channels, tile_w, tile_h, tiles, ...]
+    for element_bytes in (4, 2):
+        small = torch.ops.ddf._cuda_nhwc_plan(64, 512, 7, 7, 3, 1, 1, 1, element_bytes, "filter_grads")
+        assert small[0] == 1 and small[6] == 1, small
+        large = torch.ops.ddf._cuda_nhwc_plan(64, 64, 56, 56, 3, 1, 1, 1, element_bytes, "filter_grads")
+        assert large[0] == 1 and large[6] == 7, large

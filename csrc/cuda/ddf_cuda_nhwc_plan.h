@@ -62,10 +62,13 @@ constexpr std::size_t kMaxSharedBytes = 48 * 1024;
 // The filter-gradient kernel: grad_channel_filter summed over the block's pixels through shared
 // memory, one float per thread and channel it holds, two buffers; more pixels per thread than
 // the forward's (each tap's sums cost about kGradBlockOverhead pixels' work, once per block);
-// 2 blocks per SM (its registers).
+// 2 blocks per SM (its registers). A map of several tiles also costs the launch of the sum of
+// the tiles' grad_channel_filter partials, about kGradPartialSumsCost pixels' work of a block
+// (a 3 µs launch and its reads, against about 2.5 µs per pixel of a block on an H100).
 constexpr int kMaxGradPixelsPerThread = 12;
 constexpr int kGradBlockOverhead = 2;
 constexpr int kGradBlocksPerSm = 2;
+constexpr int kGradPartialSumsCost = 2;
 // Channels a filter-gradient thread holds (several 16-byte vectors) where the heads allow: its
 // grad_spatial_filter terms are summed over a head's lanes by a shuffle tree per (pixel, tap),
 // and fewer, wider lanes make that tree shallower and its cost a smaller share.
@@ -202,13 +205,18 @@ inline NhwcPlan plan_nhwc(NhwcKernel kind, const Geometry& geo, const Strides4& 
   // pairs, 2 of 14), as many rows as the block's steps make, balanced too. Of 1 to
   // kMaxStepsPerThread steps per thread (the filter gradients: kMaxGradPixelsPerThread
   // pixels), the one whose waves x (steps per thread + 1) is least (a block's time is about a
-  // step's per step, plus about one for its channel-filter staging and setup,
-  // kGradBlockOverhead for the filter gradients' sums; a partial last wave costs a whole one),
-  // the most steps on a tie.
+  // step's per step, plus about one for its channel-filter staging and setup; a partial last
+  // wave costs a whole one), the most steps on a tie. The filter gradients are issue-bound
+  // (the GPU model): an SM's blocks share its issue, so their cost is the busiest SM's blocks
+  // (blocks / SMs, not waves of kGradBlocksPerSm) x (pixels per thread + kGradBlockOverhead),
+  // but 1.5 blocks' for a block alone on its SM (no other block's work hides its memory
+  // phases: the model's issue + memory at 14 x 14 and 7 x 7), plus kGradPartialSumsCost when
+  // the map has several tiles. At 7 x 7 (B = 64, C = 512): one tile of 128 blocks, one per SM
+  // (1.5 x 6), not two of 256 (2 x 4) and a sum kernel (2).
   const int64_t step = kind == NhwcKernel::Forward ? pixels_per_step(int(k), int(s), p.vector) : 1;
   const int64_t tile_w = ceil_div(map_w, ceil_div(map_w, kMaxTileWidth * step)), steps_w = ceil_div(tile_w, step);
   const int64_t wave =
-      wave_blocks > 0 ? wave_blocks : kWaveSms * (filter_grads ? kGradBlocksPerSm : blocks_per_sm(int(k), p.vector));
+      wave_blocks > 0 ? wave_blocks : filter_grads ? kWaveSms : kWaveSms * blocks_per_sm(int(k), p.vector);
   const int64_t most = filter_grads ? kMaxGradPixelsPerThread : kMaxStepsPerThread;
   const int64_t overhead = filter_grads ? kGradBlockOverhead : 1;
   int64_t tile_h = 0, tiles_x = ceil_div(map_w, tile_w), tiles = 0, best = -1;
@@ -217,7 +225,10 @@ inline NhwcPlan plan_nhwc(NhwcKernel kind, const Geometry& geo, const Strides4& 
     const int64_t h = ceil_div(map_h, ceil_div(map_h, rows));
     const int64_t n = tiles_x * ceil_div(map_h, h);
     const int64_t per_block = ceil_div(steps_w * h, int64_t(kBlockThreads / lanes)) + overhead;
-    const int64_t cost = ceil_div(n * channel_blocks * geo.B, wave) * per_block;
+    const int64_t busiest = ceil_div(n * channel_blocks * geo.B, wave);  // blocks of the busiest SM (or wave)
+    // (The filter gradients' in half units: a block alone on its SM costs 1.5.)
+    const int64_t cost = filter_grads ? std::max<int64_t>(2 * busiest, 3) * per_block + (n > 1 ? 2 * kGradPartialSumsCost : 0)
+                                      : busiest * per_block;
     if (best < 0 || cost < best) best = cost, tile_h = h, tiles = n;
   }
   if (tiles > max_grid_x || channel_blocks > max_grid_y) return p.reason = "grid larger than the launcher's limits", p;

@@ -76,6 +76,9 @@ struct Case {
   // the slowest kernel to emulate (about 4 ms per tap and channel). Cases that skip it
   // (output_mask false: a null pointer) still check the other three results.
   bool grad_channel = true;
+  // grad_input and grad_spatial_filter asked for (output_mask): a pass that is not asked for
+  // launches nothing and leaves its result untouched.
+  bool grad_input = true, grad_spatial = true;
   // The kernels this case must take (ddf_cuda_tiled_plan.h): Any, or every launch tiled.
   bool expect_tiled = false;
   // Every launch must take the channels_last kernels (ddf_cuda_nhwc_plan.h).
@@ -106,7 +109,8 @@ struct Case {
     std::snprintf(buf, sizeof(buf), "B=%ld C=%ld H=%ld W=%ld k=%ld G=%ld s=%ld d=%ld %s %s %s%s%s%s%s%s%s%s%s", long(B), long(C),
                   long(H), long(W), long(k), long(G), long(stride), long(dilation),
                   combine == Combine::Mul ? "mul" : "add", dtype_name(dtype), layout_name(layout),
-                  shrunk_grid ? " shrunk-grid" : "", grad_channel ? "" : " (no grad_channel)", expect_tiled ? " tiled" : expect_nhwc ? " nhwc" : "", nonfinite ? " non-finite" : "",
+                  shrunk_grid ? " shrunk-grid" : "",
+                  !grad_input ? " (no grad_input)" : !grad_spatial ? " (no grad_spatial)" : grad_channel ? "" : " (no grad_channel)", expect_tiled ? " tiled" : expect_nhwc ? " nhwc" : "", nonfinite ? " non-finite" : "",
                   whole_heads ? " whole-heads" : "", sf_nchw ? " sf-nchw" : "", cf_nchw ? " cf-nchw" : "",
                   out_nchw ? " out-nchw" : "");
     return buf;
@@ -307,9 +311,11 @@ void check_paths(const Case& c, ddf::cuda::Path forward, const ddf::cuda::Backwa
   if (c.expect_nhwc) {
     const Path paths[3] = {forward, backward.grad_input, backward.filter_grads};
     const char* names[3] = {"forward", "grad_input", "filter gradients"};
+    const bool asked[3] = {true, c.grad_input, c.grad_channel || c.grad_spatial};
     for (int i = 0; i < 3; ++i) {
-      if (paths[i] != Path::TiledNhwc) {
-        std::fprintf(stderr, "FAILED [%s]: %s did not run the channels_last kernels\n", c.name().c_str(), names[i]);
+      if (paths[i] != (asked[i] ? Path::TiledNhwc : Path::None)) {
+        std::fprintf(stderr, "FAILED [%s]: %s did not run the %s kernels (%s)\n", c.name().c_str(), names[i],
+                     asked[i] ? "channels_last" : "no", ddf::cuda::path_name(paths[i]));
         ++failures;
       }
     }
@@ -378,8 +384,8 @@ void run_case(const Case& c) {
     }
     const ddf::cuda::BackwardPaths backward = ddf::cuda::launch_backward<T, M>(
         cuda_emu::Launcher(), workspace, limits, go.data(), go.strides, x.data(), x.strides, cf.data(), cf.strides,
-        sf.data(), sf.strides, gi.data(), gi.strides, c.grad_channel ? gcf.data() : nullptr, gcf.strides, gsf.data(),
-        gsf.strides, g);
+        sf.data(), sf.strides, c.grad_input ? gi.data() : nullptr, gi.strides, c.grad_channel ? gcf.data() : nullptr,
+        gcf.strides, c.grad_spatial ? gsf.data() : nullptr, gsf.strides, g);
     check_paths(c, forward, backward);
   } catch (const cuda_emu::Fault& e) {
     std::fprintf(stderr, "FAILED [%s]: emulator fault: %s\n", c.name().c_str(), e.what());
@@ -388,13 +394,13 @@ void run_case(const Case& c) {
   }
   const Reference r = reference(c, g, x, cf, sf, go);
   compare(c, "output", out, r.out);
-  compare(c, "grad_input", gi, r.gi);
-  if (c.grad_channel) {
-    compare(c, "grad_channel_filter", gcf, r.gcf);
-  } else {
-    compare(c, "grad_channel_filter (not requested: untouched)", gcf, std::vector<double>(r.gcf.size(), NAN));
-  }
-  compare(c, "grad_spatial_filter", gsf, r.gsf);
+  // A result not asked for stays untouched (NaN).
+  auto untouched = [](const std::vector<double>& v) { return std::vector<double>(v.size(), NAN); };
+  compare(c, c.grad_input ? "grad_input" : "grad_input (not requested: untouched)", gi, c.grad_input ? r.gi : untouched(r.gi));
+  compare(c, c.grad_channel ? "grad_channel_filter" : "grad_channel_filter (not requested: untouched)", gcf,
+          c.grad_channel ? r.gcf : untouched(r.gcf));
+  compare(c, c.grad_spatial ? "grad_spatial_filter" : "grad_spatial_filter (not requested: untouched)", gsf,
+          c.grad_spatial ? r.gsf : untouched(r.gsf));
 }
 
 template <typename T>
@@ -515,6 +521,16 @@ std::vector<Case> nhwc_cases() {
     Case d{2, 8, 9, 10, 3, 2, 1, 1, Combine::Add, t, Layout::ChannelsLastSliced};
     d.out_nchw = true;
     cases.push_back(d);
+  }
+  // The backward without grad_input, and with grad_input alone (output_mask): each pass runs
+  // alone, the other's results stay untouched.
+  for (DType t : {DType::F32, DType::F16}) {
+    for (bool input : {false, true}) {
+      Case c{2, 16, 9, 11, 3, 2, 1, 1, Combine::Mul, t, Layout::ChannelsLast};
+      c.grad_input = input;
+      c.grad_channel = c.grad_spatial = !input;
+      cases.push_back(c);
+    }
   }
   // Each again with a wave of one block: the plan then gives each thread the most steps
   // (kMaxStepsPerThread) instead of the fewest a small map needs; and with the other
