@@ -155,7 +155,8 @@ std::vector<int64_t> cuda_tiled_filter_grads_wave(int64_t k) {
 
 // [kWaveSms, blocks_per_sm(k, vector), kGradBlocksPerSm]: the blocks per SM the channels_last
 // kernels' launch bounds ask for (the forward's and grad_input's with `vector` channels per
-// thread: the waves their plans fill; the filter gradients'). tests/test_cuda_resources.py checks the blocks per SM against the cubins.
+// thread: the waves their plans fill; the filter gradients'). tests/test_cuda_resources.py
+// checks the blocks per SM against the cubins.
 std::vector<int64_t> cuda_nhwc_wave(int64_t k, int64_t vector) {
   using namespace ddf::cuda::nhwc;
   TORCH_CHECK(k == 3 || k == 5 || k == 7, "_cuda_nhwc_wave: k must be 3, 5 or 7, got ", k);
