@@ -182,7 +182,7 @@ def test_filter_gradient_plan_counts_the_partial_sums_launch():
     """The channels_last filter-gradient plan (ddf_cuda_nhwc_plan.h) weighs a tiling's busiest
     SM and, for a map of several tiles, the launch that sums the tiles' grad_channel_filter
     partials: ResNet-50's 7x7 calls at B=64 take one tile (no partial sums; one block per SM),
-    its 56x56 ones seven (the sums cost less than fewer, longer blocks)."""
+    its 56x56 ones still seven column strips of 8 x 56."""
     # [use, vector, channel_lanes, block_channels, tile_w, tile_h, tiles, ...]
     for element_bytes in (4, 2):
         small = torch.ops.ddf._cuda_nhwc_plan(64, 512, 7, 7, 3, 1, 1, 1, element_bytes, "filter_grads")

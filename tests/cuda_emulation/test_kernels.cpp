@@ -104,13 +104,19 @@ struct Case {
   // they may not fit in 48 KiB, and the generic kernel runs (ddf_cuda_tiled_plan.h).
   bool tiled_grad_input_optional() const { return k == 7 && dilation >= 2; }
 
+  // The results not asked for, as the name shows them: " (no grad_input)" and the like.
+  std::string unasked() const {
+    return std::string(grad_input ? "" : " (no grad_input)") + (grad_channel ? "" : " (no grad_channel)") +
+           (grad_spatial ? "" : " (no grad_spatial)");
+  }
+
   std::string name() const {
     char buf[240];
     std::snprintf(buf, sizeof(buf), "B=%ld C=%ld H=%ld W=%ld k=%ld G=%ld s=%ld d=%ld %s %s %s%s%s%s%s%s%s%s%s", long(B), long(C),
                   long(H), long(W), long(k), long(G), long(stride), long(dilation),
                   combine == Combine::Mul ? "mul" : "add", dtype_name(dtype), layout_name(layout),
-                  shrunk_grid ? " shrunk-grid" : "",
-                  !grad_input ? " (no grad_input)" : !grad_spatial ? " (no grad_spatial)" : grad_channel ? "" : " (no grad_channel)", expect_tiled ? " tiled" : expect_nhwc ? " nhwc" : "", nonfinite ? " non-finite" : "",
+                  shrunk_grid ? " shrunk-grid" : "", unasked().c_str(), expect_tiled ? " tiled" : expect_nhwc ? " nhwc" : "",
+                  nonfinite ? " non-finite" : "",
                   whole_heads ? " whole-heads" : "", sf_nchw ? " sf-nchw" : "", cf_nchw ? " cf-nchw" : "",
                   out_nchw ? " out-nchw" : "");
     return buf;
